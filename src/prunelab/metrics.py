@@ -1,0 +1,27 @@
+"""What pruning left: measured from the weights themselves, not from the masks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def weight_sparsity(layers: dict[str, nn.Module]) -> float:
+    """Fraction of exactly-zero weights over the given layers."""
+    zeros = sum(int((layer.weight == 0).sum()) for layer in layers.values())
+    total = sum(layer.weight.numel() for layer in layers.values())
+    return zeros / total
+
+
+@torch.no_grad()
+def units_removed(layers: dict[str, nn.Module]) -> float:
+    """Fraction of output units whose incoming weights and bias are all zero."""
+    removed, total = 0, 0
+    for layer in layers.values():
+        dead = (layer.weight.flatten(1) == 0).all(dim=1)
+        if layer.bias is not None:
+            dead &= layer.bias == 0
+        removed += int(dead.sum())
+        total += dead.numel()
+    return removed / total

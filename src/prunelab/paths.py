@@ -1,0 +1,36 @@
+"""Every file a study run writes, relative to its run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.csv"
+
+    @property
+    def epochs(self) -> Path:
+        return self.root / "epochs.csv"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    def base_model(self, base_id: str) -> Path:
+        return self.root / "base" / f"{base_id}.safetensors"
+
+    def base_record(self, base_id: str) -> Path:
+        return self.root / "base" / f"{base_id}.json"
+
+    def cell(self, cell_id: str) -> Path:
+        return self.root / "cells" / f"{cell_id}.json"

@@ -1,0 +1,93 @@
+"""The study's figures, drawn from its results rows: measured points joined by
+straight lines (no curve fitting), accuracy on a [0, 1] axis."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PHASE_STYLE = {"oneshot": ("--", "one-shot"), "finetuned": ("-", "fine-tuned")}
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix in (".png", ".svg"):
+        path = stem.with_suffix(suffix)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        written.append(path)
+    plt.close(fig)
+    return written
+
+
+def metric_vs_k(results: list[dict], dense: dict, metric: str, stem: Path) -> list[Path]:
+    """``metric`` ('accuracy' or 'loss') on the test set against k, every method on one axes."""
+    series: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for row in results:
+        series[(row["method"], row["phase"])].append((row["k"], row[f"test_{metric}"]))
+    methods = list(dict.fromkeys(method for method, _ in series))
+    colors = {m: f"C{i}" for i, m in enumerate(methods)}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (method, phase), points in series.items():
+        points.sort()
+        style, label = PHASE_STYLE[phase]
+        ax.plot(
+            [100 * k for k, _ in points],
+            [v for _, v in points],
+            style,
+            marker="o",
+            color=colors[method],
+            label=f"{method}, {label}",
+        )
+    ax.axhline(dense[f"test_{metric}"], color="grey", linestyle=":", label="dense")
+    ax.set_xlabel("k: fraction pruned in each prunable layer (%)")
+    ax.set_ylabel(f"test {metric}")
+    if metric == "accuracy":
+        ax.set_ylim(0, 1)
+    else:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"Test {metric} after pruning")
+    return _save(fig, stem)
+
+
+def accuracy_per_epoch(epochs: list[dict], method: str, stem: Path) -> list[Path]:
+    """Validation accuracy through fine-tuning, one line per k (epoch 0: just pruned)."""
+    series: dict[float, list[tuple[int, float]]] = defaultdict(list)
+    for row in epochs:
+        if row["method"] == method:
+            series[row["k"]].append((row["epoch"], row["val_accuracy"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    cmap = plt.get_cmap("viridis")
+    for i, (k, points) in enumerate(sorted(series.items())):
+        points.sort()
+        ax.plot(
+            [e for e, _ in points],
+            [a for _, a in points],
+            marker="o",
+            color=cmap(i / max(1, len(series) - 1)),
+            label=f"k = {k:g}",
+        )
+    ax.set_xlabel("fine-tuning epoch (0 = right after pruning)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_ylim(0, 1)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    ax.set_title(f"Fine-tuning with masks held: {method}")
+    return _save(fig, stem)
+
+
+def study_figures(results: list[dict], epochs: list[dict], dense: dict, folder: Path) -> list[Path]:
+    written = metric_vs_k(results, dense, "accuracy", folder / "accuracy_vs_k")
+    written += metric_vs_k(results, dense, "loss", folder / "loss_vs_k")
+    for method in dict.fromkeys(row["method"] for row in results):
+        safe = method.replace(":", "-")
+        written += accuracy_per_epoch(epochs, method, folder / f"epochs_{safe}")
+    return written

@@ -1,0 +1,91 @@
+"""Masks are data: parameter name -> bool tensor of the parameter's shape (True = kept).
+
+They are applied in place after each optimizer step, so a pruned weight is
+exactly zero whatever the optimizer's momentum; no hooks run in forward, and the
+model's state-dict keys stay as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+class Masks(Mapping[str, torch.Tensor]):
+    def __init__(self, masks: Mapping[str, torch.Tensor]):
+        for name, mask in masks.items():
+            if mask.dtype != torch.bool:
+                raise TypeError(f"mask {name!r} must be a bool tensor, got {mask.dtype}")
+        self._masks = dict(masks)
+
+    @classmethod
+    def from_keep(
+        cls, layers: Mapping[str, nn.Module], keep: Mapping[str, torch.Tensor], structure: str
+    ) -> Masks:
+        """Masks for a layer's weight (and, for units, bias) from a keep-set.
+
+        For "weight" the keep-set has the weight's shape; for "unit" it is one flag
+        per output unit, and a removed unit loses its whole row and its bias.
+        """
+        masks = {}
+        for name, layer in layers.items():
+            kept = keep[name]
+            if structure == "unit":
+                shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+                masks[f"{name}.weight"] = kept.view(shape).expand_as(layer.weight).clone()
+                if layer.bias is not None:
+                    masks[f"{name}.bias"] = kept.clone()
+            else:
+                masks[f"{name}.weight"] = kept.clone()
+        return cls(masks)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._masks[name]
+
+    def __iter__(self):
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def _check(self, params: Mapping[str, torch.Tensor]) -> None:
+        for name, mask in self._masks.items():
+            if name not in params:
+                raise KeyError(f"mask for {name!r}, which the model does not have")
+            if params[name].shape != mask.shape:
+                raise ValueError(
+                    f"mask for {name!r} has shape {tuple(mask.shape)}, "
+                    f"parameter has {tuple(params[name].shape)}"
+                )
+
+    def holder(self, model: nn.Module) -> Callable[[nn.Module], None]:
+        """An ``after_step`` callback that zeroes the pruned entries of ``model``.
+
+        The parameter/mask pairs are resolved once, so each call costs one
+        ``masked_fill_`` per masked tensor.
+        """
+        params = dict(model.named_parameters())
+        self._check(params)
+        pairs = [(params[name], (~mask).to(params[name].device)) for name, mask in self.items()]
+
+        @torch.no_grad()
+        def hold(_model: nn.Module) -> None:
+            for param, pruned in pairs:
+                param.masked_fill_(pruned, 0.0)
+
+        return hold
+
+    def apply_(self, model: nn.Module) -> None:
+        """Zero the pruned entries of ``model`` in place."""
+        self.holder(model)(model)
+
+    def save(self, path: str | Path) -> None:
+        save_file({name: mask.to(torch.uint8).contiguous() for name, mask in self.items()}, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Masks:
+        return cls({name: t.bool() for name, t in load_file(str(path)).items()})

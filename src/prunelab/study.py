@@ -1,0 +1,293 @@
+"""The study: train once, prune at every k by every method, fine-tune with masks held.
+
+This is the only module that knows the whole sequence. Each unit of work (the
+base model; one method at one k) is stored under an id hashed from its
+configuration, so a rerun reuses what is finished, and results tables are
+rebuilt from the stored cells.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from prunelab import plots
+from prunelab.config import config_id, from_dict, to_json
+from prunelab.data import DATASETS, Dataset, Split, load_dataset
+from prunelab.metrics import units_removed, weight_sparsity
+from prunelab.models import ModelConfig, build_model, prunable_layers
+from prunelab.paths import RunPaths
+from prunelab.prune import PruneMethod, check_k, prune
+from prunelab.storage import atomic_write_text, load_state_dict, save_state_dict
+from prunelab.train import TrainConfig, evaluate, train
+
+DEFAULT_KS = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
+
+RESULT_COLUMNS = (
+    "method", "structure", "criterion", "scope", "k", "phase", "sparsity", "units_removed",
+    "test_accuracy", "test_loss", "val_accuracy", "val_loss", "seconds",
+)  # fmt: skip
+EPOCH_COLUMNS = (
+    "method", "k", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds",
+)  # fmt: skip
+
+
+def _default_finetune() -> TrainConfig:
+    # Adam at the training peak rate, annealed to zero within the fine-tuning: after one
+    # epoch it recovers far more than a constant 1e-4 (unit k=0.8: 97.8% vs 95.5% test
+    # accuracy; weight k=0.99: 93% vs 32%), and k=0 stays within 0.2 points of dense.
+    return TrainConfig(epochs=1, lr=1e-3, lr_schedule="cosine")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What a study computes. Everything here enters the ids of its results."""
+
+    dataset: str = "mnist"
+    val_size: int = 5000
+    train_limit: int | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(default_factory=_default_finetune)
+    methods: tuple[str, ...] = ("weight", "unit")
+    ks: tuple[float, ...] = DEFAULT_KS
+    prune_last: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
+        if not self.methods or not self.ks:
+            raise ValueError("a study needs at least one method and one k")
+        for method in self.methods:
+            PruneMethod.parse(method)
+        for k in self.ks:
+            check_k(k)
+
+    def base_id(self) -> str:
+        return config_id(
+            "base", self.dataset, self.val_size, self.train_limit, self.model, self.train, self.seed
+        )
+
+    def cell_id(self, method: PruneMethod, k: float) -> str:
+        return config_id("cell", self.base_id(), asdict(method), k, self.finetune, self.prune_last)
+
+
+def seed_recipe_finetune() -> TrainConfig:
+    return TrainConfig("rmsprop", lr=1e-4, batch_size=16, epochs=1, lr_schedule="constant",
+                       augment=True)  # fmt: skip
+
+
+RECIPES = {
+    # Adam with a cosine schedule: about 98.5% test accuracy on MNIST in 5 epochs.
+    "fast": StudyConfig(),
+    # The seed notebook's own recipe: RMSprop, lr 1e-4, batch 16, dropout, augmentation.
+    "seed": StudyConfig(
+        model=ModelConfig(dropout=(0.25, 0.25, 0.4, 0.4)),
+        train=TrainConfig(
+            "rmsprop", lr=1e-4, batch_size=16, epochs=20, lr_schedule="constant", augment=True
+        ),
+        finetune=seed_recipe_finetune(),
+    ),  # fmt: skip
+}
+
+
+def quick(config: StudyConfig) -> StudyConfig:
+    """A small, fast version of ``config``: 10,000 training images, 3 epochs."""
+    return replace(config, train_limit=10_000, train=replace(config.train, epochs=3))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a study runs (not what it computes): none of this enters an id."""
+
+    out: Path = Path("runs/study")
+    data_dir: Path | None = None
+    device: str = "auto"
+    download: bool = True
+
+
+@dataclass
+class StudyResult:
+    paths: RunPaths
+    dense: dict
+    results: list[dict]
+    epochs: list[dict]
+    figures: list[Path]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; choose from auto, cpu, cuda")
+    return torch.device(name)
+
+
+def run_study(config: StudyConfig, options: RunOptions | None = None) -> StudyResult:
+    """Run (or resume) a study and write its tables and figures."""
+    options = options or RunOptions()
+    paths = RunPaths(Path(options.out))
+    device = resolve_device(options.device)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(paths.config, to_json(config))
+    data = _to_device(
+        load_dataset(
+            config.dataset,
+            data_dir=options.data_dir,
+            val_size=config.val_size,
+            train_limit=config.train_limit,
+            download=options.download,
+        ),
+        device,
+    )
+    base_state, dense = _base_model(config, data, paths, device)
+    methods = [PruneMethod.parse(m) for m in config.methods]
+    cells = [(method, k) for method in methods for k in config.ks]
+    results, epochs = [], []
+    bar = tqdm(cells, desc="study", unit="cell", disable=None)
+    for method, k in bar:
+        bar.set_postfix_str(f"{method.name} k={k:g}")
+        cell_path = paths.cell(config.cell_id(method, k))
+        if cell_path.exists():
+            cell = json.loads(cell_path.read_text())
+        else:
+            cell = _run_cell(config, base_state, method, k, data, device)
+            atomic_write_text(cell_path, json.dumps(cell, indent=1))
+            oneshot, tuned = cell["results"]
+            tqdm.write(
+                f"{method.name:>8} k={k:<5g} test accuracy one-shot {oneshot['test_accuracy']:.4f}"
+                f" -> fine-tuned {tuned['test_accuracy']:.4f} ({tuned['seconds']:.1f} s)"
+            )
+        results += cell["results"]
+        epochs += cell["epochs"]
+    _write_csv(paths.results, RESULT_COLUMNS, results)
+    _write_csv(paths.epochs, EPOCH_COLUMNS, epochs)
+    figures = plots.study_figures(results, epochs, dense, paths.figures)
+    return StudyResult(paths, dense, results, epochs, figures)
+
+
+def _to_device(data: Dataset, device: torch.device) -> Dataset:
+    def move(split: Split) -> Split:
+        return Split(split.x.to(device), split.y.to(device))
+
+    return Dataset(data.name, data.source, move(data.train), move(data.val), move(data.test))
+
+
+def _base_model(
+    config: StudyConfig, data: Dataset, paths: RunPaths, device: torch.device
+) -> tuple[dict, dict]:
+    """Train the dense model once; later runs with the same settings load it."""
+    base_id = config.base_id()
+    model = build_model(config.model, data.num_classes, seed=config.seed).to(device)
+    weights, record = paths.base_model(base_id), paths.base_record(base_id)
+    if weights.exists() and record.exists():
+        load_state_dict(model, weights)
+        dense = json.loads(record.read_text())
+    else:
+        history = train(model, data.train, data.val, config.train, seed=config.seed, desc="dense")
+        test, val = evaluate(model, data.test), evaluate(model, data.val)
+        dense = {
+            "base_id": base_id,
+            "test_accuracy": test.accuracy,
+            "test_loss": test.loss,
+            "val_accuracy": val.accuracy,
+            "val_loss": val.loss,
+            "history": [asdict(r) for r in history],
+        }
+        save_state_dict(model, weights)
+        atomic_write_text(record, json.dumps(dense, indent=1))
+        tqdm.write(f"dense model: test accuracy {test.accuracy:.4f} (saved to {weights})")
+    state = {name: t.clone() for name, t in model.state_dict().items()}
+    return state, dense
+
+
+def _run_cell(
+    config: StudyConfig,
+    base_state: dict,
+    method: PruneMethod,
+    k: float,
+    data: Dataset,
+    device: torch.device,
+) -> dict:
+    model = build_model(config.model, data.num_classes).to(device)
+    model.load_state_dict(base_state)
+    start = time.perf_counter()
+    masks = prune(model, method, k, include_last=config.prune_last)
+    layers = prunable_layers(model, include_last=config.prune_last)
+    oneshot = _measure(model, layers, data, method, k, "oneshot", time.perf_counter() - start)
+    history = train(
+        model,
+        data.train,
+        data.val,
+        config.finetune,
+        seed=config.seed,
+        after_step=masks.holder(model),
+        desc=f"fine-tune {method.name} k={k:g}",
+    )
+    tuned = _measure(model, layers, data, method, k, "finetuned", sum(r.seconds for r in history))
+    epochs = [
+        {"method": method.name, "k": k, "epoch": 0, "train_loss": math.nan,
+         "train_accuracy": math.nan, "val_loss": oneshot["val_loss"],
+         "val_accuracy": oneshot["val_accuracy"], "seconds": 0.0}
+    ] + [{"method": method.name, "k": k, **asdict(r)} for r in history]  # fmt: skip
+    return {"method": method.name, "k": k, "results": [oneshot, tuned], "epochs": epochs}
+
+
+def _measure(model, layers, data: Dataset, method: PruneMethod, k: float, phase: str, seconds):
+    test, val = evaluate(model, data.test), evaluate(model, data.val)
+    return {
+        "method": method.name,
+        "structure": method.structure,
+        "criterion": method.criterion,
+        "scope": method.scope,
+        "k": k,
+        "phase": phase,
+        "sparsity": weight_sparsity(layers),
+        "units_removed": units_removed(layers),
+        "test_accuracy": test.accuracy,
+        "test_loss": test.loss,
+        "val_accuracy": val.accuracy,
+        "val_loss": val.loss,
+        "seconds": seconds,
+    }
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    return from_dict(StudyConfig, json.loads(Path(path).read_text()))
+
+
+def summary_table(result: StudyResult) -> str:
+    """A plain-text table: one line per method and k, one-shot and fine-tuned."""
+    lines = [
+        f"dense test accuracy {result.dense['test_accuracy']:.4f}",
+        f"{'method':>8} {'k':>5} {'sparsity':>8} {'units':>6} {'one-shot':>9} {'fine-tuned':>10}",
+    ]
+    by_cell: dict[tuple, dict] = {}
+    for row in result.results:
+        by_cell.setdefault((row["method"], row["k"]), {})[row["phase"]] = row
+    for (method, k), phases in by_cell.items():
+        tuned = phases["finetuned"]
+        lines.append(
+            f"{method:>8} {k:>5g} {tuned['sparsity']:>8.4f} {tuned['units_removed']:>6.3f}"
+            f" {phases['oneshot']['test_accuracy']:>9.4f} {tuned['test_accuracy']:>10.4f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""Training and evaluation. Pruning reaches the loop only through ``after_step``."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from prunelab.augment import random_affine
+from prunelab.data import Split
+
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "rmsprop": torch.optim.RMSprop,
+    "sgd": torch.optim.SGD,
+}
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    batch_size: int = 128
+    epochs: int = 5
+    lr_schedule: str = "cosine"
+    augment: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"unknown lr schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}"
+            )
+        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 0:
+            raise ValueError(
+                "need lr > 0, batch_size >= 1 and epochs >= 0, got "
+                f"lr={self.lr}, batch_size={self.batch_size}, epochs={self.epochs}"
+            )
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    accuracy: float
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 2000) -> Evaluation:
+    """Mean cross-entropy and accuracy of ``model`` on ``split``."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(split), batch_size):
+        x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.train(was_training)
+    return Evaluation(loss_sum / len(split), correct / len(split))
+
+
+def train(
+    model: nn.Module,
+    train_split: Split,
+    val_split: Split,
+    config: TrainConfig,
+    *,
+    seed: int,
+    after_step: Callable[[nn.Module], None] | None = None,
+    desc: str = "train",
+) -> list[EpochRecord]:
+    """Train ``model`` in place; return one record per epoch.
+
+    ``after_step`` runs after every optimizer step (pruning uses it to hold masks).
+    The batch order, dropout and augmentation all follow from ``seed``.
+    """
+    torch.manual_seed(seed)  # dropout draws from the global generator
+    order_gen = torch.Generator().manual_seed(seed)
+    optimizer = OPTIMIZERS[config.optimizer](model.parameters(), lr=config.lr)
+    n = len(train_split)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = None
+    if config.lr_schedule == "cosine" and total_steps > 0:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    records = []
+    with tqdm(total=total_steps, desc=desc, disable=None, leave=False, unit="step") as bar:
+        for epoch in range(1, config.epochs + 1):
+            start_time = time.perf_counter()
+            model.train()
+            loss_sum = torch.zeros((), device=train_split.x.device)
+            correct = torch.zeros((), dtype=torch.long, device=train_split.x.device)
+            order = torch.randperm(n, generator=order_gen).to(train_split.x.device)
+            for step in range(steps_per_epoch):
+                idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+                x, y = train_split.x[idx], train_split.y[idx]
+                if config.augment:
+                    x = random_affine(x, order_gen)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                if after_step is not None:
+                    after_step(model)
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
+                bar.update()
+            val = evaluate(model, val_split)
+            records.append(
+                EpochRecord(
+                    epoch=epoch,
+                    train_loss=loss_sum.item() / n,
+                    train_accuracy=correct.item() / n,
+                    val_loss=val.loss,
+                    val_accuracy=val.accuracy,
+                    seconds=time.perf_counter() - start_time,
+                )
+            )
+            bar.set_postfix(val_acc=f"{val.accuracy:.4f}")
+    return records

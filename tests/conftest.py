@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prunelab.data import IDX_FILES
+from prunelab.idx import write_idx
+
+
+def make_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A learnable stand-in for MNIST: class c lights a 6x6 block at a c-dependent place."""
+    labels = rng.integers(0, 10, size=n).astype(np.uint8)
+    images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(labels):
+        row, col = 2 + 6 * (c // 4), 2 + 6 * (c % 4)
+        images[i, row : row + 6, col : col + 6] = 255
+    return images, labels
+
+
+def write_dataset(folder: Path, n_train: int = 600, n_test: int = 200, gz: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = dict(zip(("train_images", "train_labels"), make_digits(n_train, rng), strict=True))
+    arrays.update(zip(("test_images", "test_labels"), make_digits(n_test, rng), strict=True))
+    for key, stem in IDX_FILES.items():
+        write_idx(folder / (stem + (".gz" if gz else "")), arrays[key])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """No test reads or writes the user's dataset cache."""
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))

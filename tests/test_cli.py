@@ -1,0 +1,63 @@
+import csv
+import subprocess
+import sys
+
+import pytest
+
+PRUNELAB = [sys.executable, "-m", "prunelab.cli"]
+
+
+def run(*args, **kwargs):
+    return subprocess.run([*PRUNELAB, *args], capture_output=True, text=True, timeout=300, **kwargs)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["study", "--help"]])
+def test_every_command_has_help(argv):
+    result = run(*argv)
+    assert result.returncode == 0 and "usage: prunelab" in result.stdout
+
+
+def test_study_smoke_run_of_the_real_cli(tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run(
+        "study", "--data-dir", str(tiny_data_dir), "--val-size", "100", "--hidden", "32,16",
+        "--epochs", "2", "--finetune-epochs", "1", "--ks", "0,0.5,0.9", "--out", str(out),
+        "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "dense test accuracy" in result.stdout
+    with open(out / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 12
+    assert (out / "figures" / "accuracy_vs_k.svg").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ks", "1.5"], "k must be in [0, 1)"),
+        (["--ks", "-0.1"], "k must be in [0, 1)"),
+        (["--ks", "abc"], "comma-separated numbers"),
+        (["--methods", "nonsense"], "unknown structure 'nonsense'"),
+        (["--dataset", "nonsense"], "unknown dataset 'nonsense'"),
+        (["--device", "tpu"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_without_traceback(args, message, tmp_path):
+    result = run("study", "--out", str(tmp_path / "o"), *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1
+
+
+def test_unwritable_out_is_a_clear_error(tmp_path, tiny_data_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run("study", "--data-dir", str(tiny_data_dir), "--out", str(blocker / "run"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("prunelab: error:") and "Traceback" not in result.stderr
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+    result = run("study", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "no mnist IDX files" in result.stderr

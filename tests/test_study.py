@@ -1,0 +1,91 @@
+import csv
+
+import pytest
+
+from prunelab import study as study_module
+from prunelab.models import ModelConfig
+from prunelab.study import RunOptions, StudyConfig, run_study, summary_table
+from prunelab.train import TrainConfig
+
+KS = (0.0, 0.5, 0.9)
+
+
+def tiny_config(**overrides) -> StudyConfig:
+    settings = dict(
+        val_size=100,
+        model=ModelConfig(hidden=(48, 24)),
+        train=TrainConfig(epochs=3, batch_size=32),
+        finetune=TrainConfig(epochs=2, batch_size=32, lr=1e-3, lr_schedule="constant"),
+        ks=KS,
+    )
+    return StudyConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = run_study(tiny_config(), RunOptions(out=out, data_dir=tiny_data_dir, device="cpu"))
+    return result, out
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_study_writes_config_tables_base_model_and_figures(finished):
+    result, out = finished
+    assert (out / "config.json").exists()
+    assert (out / "base" / f"{tiny_config().base_id()}.safetensors").exists()
+    for name in ("accuracy_vs_k", "loss_vs_k", "epochs_weight", "epochs_unit"):
+        for suffix in (".png", ".svg"):
+            assert (out / "figures" / f"{name}{suffix}").stat().st_size > 1000
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 2 * len(KS) * 2
+    assert {(r["method"], float(r["k"]), r["phase"]) for r in rows} == {
+        (m, k, p) for m in ("weight", "unit") for k in KS for p in ("oneshot", "finetuned")
+    }
+    epochs = read_csv(out / "epochs.csv")
+    assert len(epochs) == 2 * len(KS) * 3  # epoch 0 (just pruned) + 2 fine-tuning epochs
+    assert "dense test accuracy" in summary_table(result)
+
+
+def test_measured_sparsity_equals_k_and_masks_held_through_finetuning(finished):
+    _, out = finished
+    for row in read_csv(out / "results.csv"):
+        k = float(row["k"])
+        measured = float(row["sparsity"] if row["method"] == "weight" else row["units_removed"])
+        # hidden layers of 48 and 24 units: rounding moves the fraction by under 1/48
+        assert measured == pytest.approx(k, abs=1 / 48)
+        if row["method"] == "weight":
+            assert float(row["sparsity"]) == pytest.approx(
+                (round(k * 784 * 48) + round(k * 48 * 24)) / (784 * 48 + 48 * 24)
+            )
+
+
+def test_finetuning_recovers_accuracy(finished):
+    _, out = finished
+    rows = {(r["method"], float(r["k"]), r["phase"]): r for r in read_csv(out / "results.csv")}
+    tuned = float(rows[("unit", 0.5, "finetuned")]["test_accuracy"])
+    assert tuned >= float(rows[("unit", 0.5, "oneshot")]["test_accuracy"]) - 0.01
+    assert tuned > 0.8
+
+
+def test_rerun_reuses_base_model_and_finished_cells(finished, tiny_data_dir, monkeypatch):
+    result, out = finished
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished cell or the base model was recomputed")
+
+    monkeypatch.setattr(study_module, "train", no_training)
+    again = run_study(tiny_config(), RunOptions(out=out, data_dir=tiny_data_dir, device="cpu"))
+    assert again.results == result.results
+
+
+def test_results_are_reproducible_from_the_seed(finished, tiny_data_dir, tmp_path):
+    result, _ = finished
+    config = tiny_config(methods=("unit",), ks=(0.5,))
+    again = run_study(config, RunOptions(out=tmp_path, data_dir=tiny_data_dir, device="cpu"))
+    expected = [r for r in result.results if r["method"] == "unit" and r["k"] == 0.5]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(again.results) == strip(expected)
