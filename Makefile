@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install study test lint bench clean
+.PHONY: install study test lint bench docs clean
 
 install: $(VENV)/.installed
 
@@ -32,3 +32,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV) runs
+
+docs: study
+	mkdir -p docs/images
+	cp runs/study/figures/accuracy_vs_k.png docs/images/

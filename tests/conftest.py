@@ -7,6 +7,9 @@ import pytest
 
 from prunelab.data import IDX_FILES
 from prunelab.idx import write_idx
+from prunelab.train import fast_cpu_math
+
+fast_cpu_math()  # as the command line does, before torch starts its threads
 
 
 def make_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ from prunelab.data import DATASETS, DataError
 from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.method import STRUCTURES
 from prunelab.study import RECIPES, RunOptions, StudyConfig, quick, run_study, summary_table
+from prunelab.train import fast_cpu_math
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -45,44 +46,42 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
             "config.json, results.csv, epochs.csv and figures into the run directory. "
             "Finished cells are stored and not recomputed when the command is rerun."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--dataset", default="mnist", help=f"one of: {', '.join(DATASETS)}")
-    p.add_argument("--data-dir", type=Path, help="folder holding the dataset's IDX files")
+    p.add_argument("--dataset", default="mnist", help=f"{' or '.join(DATASETS)} (default: mnist)")
+    p.add_argument("--data-dir", type=Path, help="folder holding the dataset's four IDX files")
     p.add_argument("--no-download", action="store_true", help="never download data")
     p.add_argument(
         "--recipe",
         choices=sorted(RECIPES),
         default="fast",
-        help="fast: Adam, cosine lr, 5 epochs; seed: the seed notebook's RMSprop, "
-        "batch 16, dropout and augmentation, 20 epochs",
+        help="fast (default): Adam, cosine lr, batch 128, 5 epochs; seed: the seed notebook's "
+        "RMSprop lr 1e-4, batch 16, dropout and augmentation, 20 epochs",
     )
     p.add_argument(
         "--methods",
         type=_names,
-        default=("weight", "unit"),
+        default="weight,unit",
         help=f"comma-separated STRUCTURE[:CRITERION]; structures: {', '.join(STRUCTURES)}; "
-        f"criteria: {', '.join(CRITERIA)} (bare structure = magnitude)",
+        f"criteria: {', '.join(CRITERIA)}; a bare structure means magnitude "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--ks",
         type=_floats,
-        default=StudyConfig().ks,
-        help="comma-separated fractions to prune, each in [0, 1)",
+        default=",".join(f"{k:g}" for k in StudyConfig().ks),
+        help="comma-separated fractions to prune, each in [0, 1) (default: %(default)s)",
     )
-    p.add_argument(
-        "--hidden", type=_ints, help="hidden layer sizes (default: the recipe's, 1000,1000,500,200)"
-    )
+    p.add_argument("--hidden", type=_ints, help="hidden layer sizes (default: 1000,1000,500,200)")
     p.add_argument(
         "--epochs", type=int, help="training epochs of the dense model (default: the recipe's)"
     )
     p.add_argument(
-        "--lr", type=float, help="learning rate of the dense model (default: the recipe's)"
+        "--lr", type=float, help="peak learning rate of the dense model (default: the recipe's)"
     )
     p.add_argument(
         "--batch-size",
         type=int,
-        help="batch size, training and fine-tuning (default: the recipe's)",
+        help="batch size of training and fine-tuning (default: the recipe's)",
     )
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per cell (default: 1)")
     p.add_argument(
@@ -91,17 +90,32 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         help="peak fine-tuning learning rate (default: 1e-3, cosine to zero)",
     )
     p.add_argument(
-        "--val-size", type=int, default=5000, help="validation images carved from the training set"
+        "--val-size",
+        type=int,
+        default=5000,
+        help="validation images carved from the training set (default: %(default)s)",
     )
-    p.add_argument("--train-limit", type=int, help="use only this many training images")
+    p.add_argument(
+        "--train-limit", type=int, help="use only this many training images (default: all)"
+    )
     p.add_argument("--prune-last", action="store_true", help="prune the logits layer too")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and batch order")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of initialisation, batch order and dropout (default: %(default)s)",
+    )
     p.add_argument(
         "--quick", action="store_true", help="small and fast: 10,000 training images, 3 epochs"
     )
-    p.add_argument("--out", type=Path, default=Path("runs/study"), help="run directory")
     p.add_argument(
-        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to compute"
+        "--out", type=Path, default=Path("runs/study"), help="run directory (default: %(default)s)"
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="where to compute (default: auto)",
     )
 
 
@@ -165,6 +179,7 @@ COMMANDS = {"study": study}
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    fast_cpu_math()
     try:
         return COMMANDS[args.command](args)
     except (ValueError, DataError, OSError) as err:

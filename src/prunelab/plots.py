@@ -79,7 +79,7 @@ def accuracy_per_epoch(epochs: list[dict], method: str, stem: Path) -> list[Path
     ax.set_ylim(0, 1)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", ncol=2)
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title(f"Fine-tuning with masks held: {method}")
     return _save(fig, stem)
 
