@@ -61,3 +61,31 @@ def test_unwritable_out_is_a_clear_error(tmp_path, tiny_data_dir):
 def test_missing_dataset_says_how_to_get_it(tmp_path):
     result = run("study", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "no mnist IDX files" in result.stderr
+
+
+def test_lenet5_with_criteria_and_global_scope_from_the_cli(tiny_data_dir, tmp_path):
+    out = tmp_path / "cnn"
+    result = run(
+        "study", "--data-dir", str(tiny_data_dir), "--val-size", "100", "--model", "lenet5",
+        "--epochs", "1", "--finetune-epochs", "1", "--ks", "0.5", "--methods",
+        "weight:obd,unit:magnitude", "--scope", "layer,global", "--calibration", "64",
+        "--out", str(out), "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with open(out / "results.csv") as f:
+        methods = {row["method"] for row in csv.DictReader(f)}
+    assert methods == {"weight:obd", "unit", "weight:obd@global", "unit@global"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "weight:voodoo"], "unknown criterion 'voodoo'"),
+        (["--methods", "weight:obs", "--scope", "global"], "use scope 'layer'"),
+        (["--scope", "everywhere"], "unknown scope 'everywhere'"),
+    ],
+)
+def test_bad_criteria_and_scopes_are_one_line_errors(args, message, tmp_path):
+    result = run("study", "--out", str(tmp_path / "o"), *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr

@@ -89,3 +89,34 @@ def test_results_are_reproducible_from_the_seed(finished, tiny_data_dir, tmp_pat
     expected = [r for r in result.results if r["method"] == "unit" and r["k"] == 0.5]
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(again.results) == strip(expected)
+
+
+def test_criteria_and_scopes_in_one_study(tiny_data_dir, tmp_path):
+    config = tiny_config(
+        methods=("weight:obd", "weight:lamp@global", "unit:obs", "unit:taylor@global"),
+        ks=(0.5,),
+        calibration_size=128,
+    )
+    result = run_study(config, RunOptions(out=tmp_path, data_dir=tiny_data_dir, device="cpu"))
+    rows = read_csv(tmp_path / "results.csv")
+    assert {(r["method"], r["criterion"], r["structure"], r["scope"]) for r in rows} == {
+        ("weight:obd", "obd", "weight", "layer"),
+        ("weight:lamp@global", "lamp", "weight", "global"),
+        ("unit:obs", "obs", "unit", "layer"),
+        ("unit:taylor@global", "taylor", "unit", "global"),
+    }
+    layers = read_csv(tmp_path / "layers.csv")
+    assert len(layers) == 4 * 2  # two prunable layers per cell
+    lamp = [r for r in layers if r["method"] == "weight:lamp@global"]
+    total = sum(float(r["sparsity"]) * int(r["weights"]) for r in lamp)
+    assert round(total) == round(0.5 * sum(int(r["weights"]) for r in lamp))
+    assert len(result.layers) == len(layers)
+
+
+def test_calibration_changes_only_the_cells_that_use_data():
+    a, b = tiny_config(), tiny_config(calibration_size=99)
+    from prunelab.prune import PruneMethod
+
+    assert a.cell_id(PruneMethod("weight"), 0.5) == b.cell_id(PruneMethod("weight"), 0.5)
+    obd = PruneMethod("weight", "obd")
+    assert a.cell_id(obd, 0.5) != b.cell_id(obd, 0.5)

@@ -8,8 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from prunelab.data import DATASETS, DataError
-from prunelab.prune.criteria import CRITERIA
-from prunelab.prune.method import STRUCTURES
+from prunelab.models import MODELS, ModelConfig
+from prunelab.prune.method import CRITERION_NAMES, SCOPES, STRUCTURES, PruneMethod
 from prunelab.study import RECIPES, RunOptions, StudyConfig, quick, run_study, summary_table
 from prunelab.train import fast_cpu_math
 
@@ -61,9 +61,17 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         "--methods",
         type=_names,
         default="weight,unit",
-        help=f"comma-separated STRUCTURE[:CRITERION]; structures: {', '.join(STRUCTURES)}; "
-        f"criteria: {', '.join(CRITERIA)}; a bare structure means magnitude "
-        "(default: %(default)s)",
+        help=f"comma-separated STRUCTURE[:CRITERION][@SCOPE]; structures: "
+        f"{', '.join(STRUCTURES)}; criteria: {', '.join(CRITERION_NAMES)}; a bare "
+        "structure means magnitude (default: %(default)s)",
+    )
+    p.add_argument(
+        "--scope",
+        type=_names,
+        default="layer",
+        help=f"comma-separated scopes for methods that name none: {', '.join(SCOPES)} "
+        "(layer: every prunable layer loses k; global: k of all weights or units, ranked "
+        "together, every layer keeping at least one) (default: %(default)s)",
     )
     p.add_argument(
         "--ks",
@@ -71,7 +79,14 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         default=",".join(f"{k:g}" for k in StudyConfig().ks),
         help="comma-separated fractions to prune, each in [0, 1) (default: %(default)s)",
     )
-    p.add_argument("--hidden", type=_ints, help="hidden layer sizes (default: 1000,1000,500,200)")
+    p.add_argument(
+        "--model", default="mlp", choices=sorted(MODELS),
+        help="mlp: the seed's ReLU MLP; lenet5: a small CNN (default: mlp)",
+    )  # fmt: skip
+    p.add_argument(
+        "--hidden", type=_ints,
+        help="hidden sizes (default: mlp 1000,1000,500,200; lenet5 6,16,120,84)",
+    )  # fmt: skip
     p.add_argument(
         "--epochs", type=int, help="training epochs of the dense model (default: the recipe's)"
     )
@@ -98,6 +113,10 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--train-limit", type=int, help="use only this many training images (default: all)"
     )
+    p.add_argument(
+        "--calibration", type=int, default=1024,
+        help="training images that obd, fisher, taylor, obs and obc look at (default: %(default)s)",
+    )  # fmt: skip
     p.add_argument("--prune-last", action="store_true", help="prune the logits layer too")
     p.add_argument(
         "--seed",
@@ -124,6 +143,8 @@ def build_study_config(args: argparse.Namespace) -> StudyConfig:
     if args.quick:
         config = quick(config)
     model, train, finetune = config.model, config.train, config.finetune
+    if args.model != model.name:
+        model = ModelConfig(name=args.model)
     if args.hidden is not None:
         keep_dropout = len(model.dropout) == len(args.hidden)
         model = replace(model, hidden=args.hidden, dropout=model.dropout if keep_dropout else ())
@@ -146,9 +167,16 @@ def build_study_config(args: argparse.Namespace) -> StudyConfig:
         model=model,
         train=train,
         finetune=finetune,
-        methods=args.methods,
+        methods=tuple(
+            dict.fromkeys(
+                PruneMethod.parse(method, scope).name
+                for scope in args.scope
+                for method in args.methods
+            )
+        ),
         ks=args.ks,
         prune_last=args.prune_last,
+        calibration_size=args.calibration,
         seed=args.seed,
     )
 

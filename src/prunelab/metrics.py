@@ -25,3 +25,20 @@ def units_removed(layers: dict[str, nn.Module]) -> float:
         removed += int(dead.sum())
         total += dead.numel()
     return removed / total
+
+
+@torch.no_grad()
+def per_layer(layers: dict[str, nn.Module]) -> list[dict]:
+    """Weights, sparsity, units and fraction of units removed, layer by layer."""
+    rows = []
+    for name, layer in layers.items():
+        rows.append(
+            {
+                "layer": name,
+                "weights": layer.weight.numel(),
+                "sparsity": weight_sparsity({name: layer}),
+                "units": layer.weight.shape[0],
+                "units_removed": units_removed({name: layer}),
+            }
+        )
+    return rows

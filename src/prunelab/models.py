@@ -10,28 +10,35 @@ from torch import nn
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The seed's ReLU MLP by default: 784-1000-1000-500-200-10, no dropout."""
+    """A built-in model. The default is the seed's ReLU MLP, 784-1000-1000-500-200-10."""
 
     name: str = "mlp"
-    hidden: tuple[int, ...] = (1000, 1000, 500, 200)
-    dropout: tuple[float, ...] = field(default=())  # one rate per hidden layer, or none
+    hidden: tuple[int, ...] | None = None  # None: the model's default sizes
+    dropout: tuple[float, ...] = field(default=())  # MLP: one rate per hidden layer, or none
 
     def __post_init__(self) -> None:
         if self.name not in MODELS:
             raise ValueError(f"unknown model {self.name!r}; choose from {', '.join(MODELS)}")
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden sizes must be positive, got {self.hidden}")
-        if self.dropout and len(self.dropout) != len(self.hidden):
+        sizes = self.sizes
+        if not sizes or any(h < 1 for h in sizes):
+            raise ValueError(f"hidden sizes must be positive, got {sizes}")
+        if self.name == "lenet5" and (len(sizes) != 4 or self.dropout):
+            raise ValueError("lenet5 takes four sizes (conv1, conv2, fc1, fc2) and no dropout")
+        if self.dropout and len(self.dropout) != len(sizes):
             raise ValueError(
-                f"give one dropout rate per hidden layer ({len(self.hidden)}), got {self.dropout}"
+                f"give one dropout rate per hidden layer ({len(sizes)}), got {self.dropout}"
             )
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return self.hidden if self.hidden is not None else DEFAULT_SIZES[self.name]
 
 
 def mlp(
     hidden: tuple[int, ...],
     dropout: tuple[float, ...] = (),
-    in_features: int = 28 * 28,
     num_classes: int = 10,
+    in_features: int = 28 * 28,
 ) -> nn.Sequential:
     """A ReLU MLP that flattens the image first (the seed applied its layers per pixel row)."""
     layers: list[nn.Module] = [nn.Flatten()]
@@ -45,16 +52,32 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-MODELS = {"mlp": mlp}
+def lenet5(
+    hidden: tuple[int, ...] = (6, 16, 120, 84), dropout: tuple[float, ...] = (),
+    num_classes: int = 10,
+) -> nn.Sequential:  # fmt: skip
+    """LeNet-5 for 28x28 images (LeCun et al., 1998) with ReLU and max pooling."""
+    conv1, conv2, fc1, fc2 = hidden
+    return nn.Sequential(
+        nn.Conv2d(1, conv1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(conv1, conv2, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(conv2 * 5 * 5, fc1), nn.ReLU(),
+        nn.Linear(fc1, fc2), nn.ReLU(),
+        nn.Linear(fc2, num_classes),
+    )  # fmt: skip
+
+
+MODELS = {"mlp": mlp, "lenet5": lenet5}
+DEFAULT_SIZES = {"mlp": (1000, 1000, 500, 200), "lenet5": (6, 16, 120, 84)}
 
 
 def build_model(config: ModelConfig, num_classes: int = 10, seed: int | None = None) -> nn.Module:
     """Build the model; with ``seed``, its initial weights follow from the seed alone."""
-    if seed is None:
-        return MODELS[config.name](config.hidden, config.dropout, num_classes=num_classes)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return MODELS[config.name](config.hidden, config.dropout, num_classes=num_classes)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return MODELS[config.name](config.sizes, config.dropout, num_classes=num_classes)
 
 
 class NothingToPruneError(ValueError):

@@ -23,6 +23,10 @@ class RunPaths:
         return self.root / "epochs.csv"
 
     @property
+    def layers(self) -> Path:
+        return self.root / "layers.csv"
+
+    @property
     def figures(self) -> Path:
         return self.root / "figures"
 

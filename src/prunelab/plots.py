@@ -88,6 +88,6 @@ def study_figures(results: list[dict], epochs: list[dict], dense: dict, folder: 
     written = metric_vs_k(results, dense, "accuracy", folder / "accuracy_vs_k")
     written += metric_vs_k(results, dense, "loss", folder / "loss_vs_k")
     for method in dict.fromkeys(row["method"] for row in results):
-        safe = method.replace(":", "-")
+        safe = method.replace(":", "-").replace("@", "-")
         written += accuracy_per_epoch(epochs, method, folder / f"epochs_{safe}")
     return written

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from prunelab import plots
 from prunelab.config import config_id, from_dict, to_json
 from prunelab.data import DATASETS, Dataset, Split, load_dataset
-from prunelab.metrics import units_removed, weight_sparsity
+from prunelab.metrics import per_layer, units_removed, weight_sparsity
 from prunelab.models import ModelConfig, build_model, prunable_layers
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod, check_k, prune
@@ -34,6 +34,9 @@ DEFAULT_KS = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
 RESULT_COLUMNS = (
     "method", "structure", "criterion", "scope", "k", "phase", "sparsity", "units_removed",
     "test_accuracy", "test_loss", "val_accuracy", "val_loss", "seconds",
+)  # fmt: skip
+LAYER_COLUMNS = (
+    "method", "k", "layer", "weights", "sparsity", "units", "units_removed",
 )  # fmt: skip
 EPOCH_COLUMNS = (
     "method", "k", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds",
@@ -57,9 +60,10 @@ class StudyConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: TrainConfig = field(default_factory=_default_finetune)
-    methods: tuple[str, ...] = ("weight", "unit")
+    methods: tuple[str, ...] = ("weight", "unit")  # STRUCTURE[:CRITERION][@SCOPE]
     ks: tuple[float, ...] = DEFAULT_KS
     prune_last: bool = False
+    calibration_size: int = 1024  # training images the data-driven criteria look at
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -69,6 +73,8 @@ class StudyConfig:
             raise ValueError("a study needs at least one method and one k")
         for method in self.methods:
             PruneMethod.parse(method)
+        if self.calibration_size < 1:
+            raise ValueError(f"calibration_size must be positive, got {self.calibration_size}")
         for k in self.ks:
             check_k(k)
 
@@ -78,7 +84,10 @@ class StudyConfig:
         )
 
     def cell_id(self, method: PruneMethod, k: float) -> str:
-        return config_id("cell", self.base_id(), asdict(method), k, self.finetune, self.prune_last)
+        calibration = self.calibration_size if method.needs_data else None
+        return config_id(
+            "cell", self.base_id(), asdict(method), k, self.finetune, self.prune_last, calibration
+        )
 
 
 def seed_recipe_finetune() -> TrainConfig:
@@ -121,6 +130,7 @@ class StudyResult:
     dense: dict
     results: list[dict]
     epochs: list[dict]
+    layers: list[dict]
     figures: list[Path]
 
 
@@ -154,7 +164,7 @@ def run_study(config: StudyConfig, options: RunOptions | None = None) -> StudyRe
     base_state, dense = _base_model(config, data, paths, device)
     methods = [PruneMethod.parse(m) for m in config.methods]
     cells = [(method, k) for method in methods for k in config.ks]
-    results, epochs = [], []
+    results, epochs, layers = [], [], []
     bar = tqdm(cells, desc="study", unit="cell", disable=None)
     for method, k in bar:
         bar.set_postfix_str(f"{method.name} k={k:g}")
@@ -171,10 +181,12 @@ def run_study(config: StudyConfig, options: RunOptions | None = None) -> StudyRe
             )
         results += cell["results"]
         epochs += cell["epochs"]
+        layers += cell["layers"]
     _write_csv(paths.results, RESULT_COLUMNS, results)
     _write_csv(paths.epochs, EPOCH_COLUMNS, epochs)
+    _write_csv(paths.layers, LAYER_COLUMNS, layers)
     figures = plots.study_figures(results, epochs, dense, paths.figures)
-    return StudyResult(paths, dense, results, epochs, figures)
+    return StudyResult(paths, dense, results, epochs, layers, figures)
 
 
 def _to_device(data: Dataset, device: torch.device) -> Dataset:
@@ -222,8 +234,16 @@ def _run_cell(
 ) -> dict:
     model = build_model(config.model, data.num_classes).to(device)
     model.load_state_dict(base_state)
+    batches = calibration_batches(data.train, config.calibration_size, config.seed)
     start = time.perf_counter()
-    masks = prune(model, method, k, include_last=config.prune_last)
+    masks = prune(
+        model,
+        method,
+        k,
+        batches=batches if method.needs_data else None,
+        include_last=config.prune_last,
+        seed=config.seed,
+    )
     layers = prunable_layers(model, include_last=config.prune_last)
     oneshot = _measure(model, layers, data, method, k, "oneshot", time.perf_counter() - start)
     history = train(
@@ -241,7 +261,25 @@ def _run_cell(
          "train_accuracy": math.nan, "val_loss": oneshot["val_loss"],
          "val_accuracy": oneshot["val_accuracy"], "seconds": 0.0}
     ] + [{"method": method.name, "k": k, **asdict(r)} for r in history]  # fmt: skip
-    return {"method": method.name, "k": k, "results": [oneshot, tuned], "epochs": epochs}
+    return {
+        "method": method.name,
+        "k": k,
+        "results": [oneshot, tuned],
+        "epochs": epochs,
+        "layers": [{"method": method.name, "k": k, **row} for row in per_layer(layers)],
+    }
+
+
+def calibration_batches(
+    split: Split, size: int, seed: int, batch_size: int = 256
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``size`` training examples in a seeded random order, as (input, label) batches."""
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(split), generator=generator)[:size].to(split.x.device)
+    return [
+        (split.x[idx[i : i + batch_size]], split.y[idx[i : i + batch_size]])
+        for i in range(0, len(idx), batch_size)
+    ]
 
 
 def _measure(model, layers, data: Dataset, method: PruneMethod, k: float, phase: str, seconds):

@@ -1,14 +1,16 @@
-"""Score, allocate, mask: ``prune`` ties the three together for one method and k."""
+"""Score, allocate, mask: ``prune`` ties them together for one method and fraction k."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from prunelab.models import prunable_layers
-from prunelab.prune.allocate import layerwise
-from prunelab.prune.criteria import CRITERIA, Batches
+from prunelab.prune.allocate import ALLOCATORS
+from prunelab.prune.criteria import CRITERIA, ScoreContext
 from prunelab.prune.masks import Masks
-from prunelab.prune.method import PruneMethod, check_k
+from prunelab.prune.method import SOLVERS, PruneMethod, check_k
+from prunelab.prune.obs import reconstruct
 
 
 def prune(
@@ -16,14 +18,29 @@ def prune(
     method: PruneMethod,
     k: float,
     *,
-    batches: Batches | None = None,
+    batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     include_last: bool = False,
+    seed: int = 0,
 ) -> Masks:
-    """Prune ``model`` in place by ``method`` at fraction ``k``; return the masks to hold."""
+    """Prune ``model`` in place by ``method`` at fraction ``k``; return the masks to hold.
+
+    ``batches`` are calibration (input, label) pairs, needed by the criteria that
+    look at data (obd, fisher, taylor, obs, obc).
+    """
     check_k(k)
     layers = prunable_layers(model, include_last=include_last)
-    scores = CRITERIA[method.criterion](model, layers, method.structure, batches)
-    masks = Masks.from_keep(layers, layerwise(scores, k), method.structure)
+    if method.criterion in SOLVERS:
+        rounds = SOLVERS[method.criterion]
+        updates, masks = reconstruct(model, layers, method.structure, k, batches, rounds)
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for name, value in updates.items():
+                params[name].copy_(value)
+    else:
+        context = ScoreContext(model, layers, method.structure, batches, seed)
+        scores = CRITERIA[method.criterion](context)
+        keep = ALLOCATORS[method.scope](scores, k)
+        masks = Masks.from_keep(layers, keep, method.structure)
     masks.apply_(model)
     return masks
 

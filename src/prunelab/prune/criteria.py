@@ -1,31 +1,179 @@
-"""Pruning criteria: functions that score weights or units, and never edit the model.
+"""Pruning criteria: functions that score weights or units and never edit the model.
 
-A criterion takes the model, its prunable layers by name, the structure
-("weight" or "unit") and optional calibration batches, and returns one score
-tensor per layer: the weight's shape for "weight", [out_units] for "unit".
-Lower scores are removed first.
+A criterion takes a ``ScoreContext`` and returns one score tensor per prunable
+layer: the weight's shape for the "weight" structure, one score per output unit
+for "unit". Lower scores are removed first. Scores of criteria that estimate a
+loss increase (obd, fisher, taylor) and of lamp are comparable across layers;
+raw magnitudes are not, which is why global magnitude pruning tends to empty the
+small late layers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from prunelab.prune.curvature import empirical_fisher_diagonal, gauss_newton_diagonal
 
 Scores = dict[str, torch.Tensor]
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-Criterion = Callable[[nn.Module, dict[str, nn.Module], str, "Batches | None"], Scores]
+
+
+@dataclass(frozen=True)
+class ScoreContext:
+    model: nn.Module
+    layers: dict[str, nn.Module]
+    structure: str  # "weight" or "unit"
+    batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # calibration data
+    seed: int = 0
+
+
+class NeedsCalibrationError(ValueError):
+    """A criterion that looks at data was given none."""
+
+
+def _require_batches(ctx: ScoreContext, criterion: str) -> list:
+    if not ctx.batches:
+        raise NeedsCalibrationError(
+            f"criterion {criterion!r} needs calibration batches (inputs and labels); none given"
+        )
+    return ctx.batches
+
+
+def _per_unit(weight_scores: Scores, bias_scores: Scores) -> Scores:
+    """Sum per-weight scores over each unit's incoming weights (and its bias)."""
+    scores = {}
+    for name, score in weight_scores.items():
+        unit = score.flatten(1).sum(1)
+        if name in bias_scores:
+            unit = unit + bias_scores[name]
+        scores[name] = unit
+    return scores
 
 
 @torch.no_grad()
-def magnitude(
-    model: nn.Module, layers: dict[str, nn.Module], structure: str, batches: Batches | None = None
-) -> Scores:
+def magnitude(ctx: ScoreContext) -> Scores:
     """|w| per weight; the L2 norm of a unit's incoming weights per unit."""
-    if structure == "weight":
-        return {name: layer.weight.abs() for name, layer in layers.items()}
-    return {name: layer.weight.flatten(1).norm(dim=1) for name, layer in layers.items()}
+    if ctx.structure == "weight":
+        return {name: layer.weight.abs() for name, layer in ctx.layers.items()}
+    return {name: layer.weight.flatten(1).norm(dim=1) for name, layer in ctx.layers.items()}
 
 
-CRITERIA: dict[str, Criterion] = {"magnitude": magnitude}
+def random(ctx: ScoreContext) -> Scores:
+    """Uniform random scores from ``ctx.seed``: the baseline any criterion must beat."""
+    generator = torch.Generator().manual_seed(ctx.seed)
+    scores = {}
+    for name, layer in ctx.layers.items():
+        shape = layer.weight.shape if ctx.structure == "weight" else layer.weight.shape[:1]
+        scores[name] = torch.rand(shape, generator=generator).to(layer.weight.device)
+    return scores
+
+
+@torch.no_grad()
+def lamp(ctx: ScoreContext) -> Scores:
+    """Layer-adaptive magnitude (Lee et al., 2021): w_u^2 / sum of w_v^2 over v with |w_v| >= |w_u|.
+
+    Within a layer it ranks like magnitude; its scale makes layers comparable, so it
+    is the magnitude criterion meant for global allocation. Units use squared row norms.
+    """
+    squared = {name: s**2 for name, s in magnitude(ctx).items()}
+    scores = {}
+    for name, sq in squared.items():
+        flat = sq.flatten()
+        order = torch.argsort(flat, stable=True)
+        sorted_sq = flat[order]
+        # sum over this entry and every larger one: reversed cumulative sum
+        tail = sorted_sq.flip(0).cumsum(0).flip(0)
+        score = torch.empty_like(flat)
+        score[order] = sorted_sq / tail.clamp_min(torch.finfo(flat.dtype).tiny)
+        scores[name] = score.view_as(sq)
+    return scores
+
+
+def _second_order(ctx: ScoreContext, curvature) -> Scores:
+    h = curvature(ctx.model, ctx.layers, ctx.batches)
+    with torch.no_grad():
+        weight = {n: 0.5 * h[n]["weight"] * layer.weight**2 for n, layer in ctx.layers.items()}
+        if ctx.structure == "weight":
+            return weight
+        bias = {
+            n: 0.5 * h[n]["bias"] * layer.bias**2
+            for n, layer in ctx.layers.items()
+            if layer.bias is not None
+        }
+        return _per_unit(weight, bias)
+
+
+def obd(ctx: ScoreContext) -> Scores:
+    """Optimal Brain Damage (LeCun, Denker and Solla, 1990): s = h w^2 / 2.
+
+    h is the diagonal of the Gauss-Newton matrix of the cross-entropy, exact for
+    the network's linearisation, estimated on the calibration batches. A unit's
+    saliency is the sum over its weights and bias (the diagonal approximation of
+    removing them together).
+    """
+    _require_batches(ctx, "obd")
+    return _second_order(ctx, gauss_newton_diagonal)
+
+
+def fisher(ctx: ScoreContext) -> Scores:
+    """OBD's saliency with the empirical Fisher (squared per-sample gradients at the
+    true labels) in place of the Gauss-Newton diagonal: cheaper, and on a trained
+    network it ranks weights worse, because those gradients vanish on examples the
+    network already fits."""
+    _require_batches(ctx, "fisher")
+    return _second_order(ctx, empirical_fisher_diagonal)
+
+
+def taylor(ctx: ScoreContext) -> Scores:
+    """First-order Taylor (Molchanov et al., 2017/2019): |w * dL/dw| per batch, summed
+    over the calibration batches; a unit scores |sum of w * dL/dw| over its weights and bias."""
+    batches = _require_batches(ctx, "taylor")
+    model = ctx.model
+    was_training = model.training
+    model.eval()
+    scores = {
+        name: torch.zeros(
+            layer.weight.shape if ctx.structure == "weight" else layer.weight.shape[:1],
+            device=layer.weight.device,
+        )
+        for name, layer in ctx.layers.items()
+    }
+    params = [
+        p for layer in ctx.layers.values() for p in (layer.weight, layer.bias) if p is not None
+    ]
+    try:
+        for x, y in batches:
+            with torch.enable_grad():
+                grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, allow_unused=True)
+            grad_of = dict(zip(map(id, params), grads, strict=True))
+            with torch.no_grad():
+                for name, layer in ctx.layers.items():
+                    contrib = layer.weight * grad_of[id(layer.weight)]
+                    if ctx.structure == "weight":
+                        scores[name] += contrib.abs()
+                        continue
+                    unit = contrib.flatten(1).sum(1)
+                    if layer.bias is not None:
+                        unit = unit + layer.bias * grad_of[id(layer.bias)]
+                    scores[name] += unit.abs()
+    finally:
+        model.train(was_training)
+    return scores
+
+
+Criterion = Callable[[ScoreContext], Scores]
+
+CRITERIA: dict[str, Criterion] = {
+    "magnitude": magnitude,
+    "random": random,
+    "lamp": lamp,
+    "obd": obd,
+    "fisher": fisher,
+    "taylor": taylor,
+}
+NEEDS_DATA = {"obd", "fisher", "taylor"}

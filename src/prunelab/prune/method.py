@@ -1,45 +1,65 @@
-"""A pruning method: what is removed (structure) and how it is ranked (criterion)."""
+"""A pruning method: what is removed (structure), how it is ranked (criterion),
+and how the removals are spread over layers (scope)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prunelab.prune.criteria import CRITERIA
+from prunelab.prune.criteria import CRITERIA, NEEDS_DATA
 
 STRUCTURES = ("weight", "unit")
-SCOPES = ("layer",)
+SCOPES = ("layer", "global")
+# Criteria that re-fit the remaining weights layer by layer (prunelab.prune.obs).
+SOLVERS = {"obs": 1, "obc": 4}  # name -> rounds of greedy removal
 
 
 @dataclass(frozen=True)
 class PruneMethod:
-    structure: str = "weight"  # "weight": single weights; "unit": whole output neurons
+    structure: str = "weight"  # "weight": single weights; "unit": whole output units
     criterion: str = "magnitude"
-    scope: str = "layer"  # "layer": every prunable layer loses the fraction k
+    scope: str = "layer"  # "layer": each layer loses k; "global": k of all, ranked together
 
     def __post_init__(self) -> None:
         if self.structure not in STRUCTURES:
             raise ValueError(
                 f"unknown structure {self.structure!r}; choose from {', '.join(STRUCTURES)}"
             )
-        if self.criterion not in CRITERIA:
+        if self.criterion not in CRITERIA and self.criterion not in SOLVERS:
             raise ValueError(
-                f"unknown criterion {self.criterion!r}; choose from {', '.join(CRITERIA)}"
+                f"unknown criterion {self.criterion!r}; choose from {', '.join(CRITERION_NAMES)}"
             )
         if self.scope not in SCOPES:
             raise ValueError(f"unknown scope {self.scope!r}; choose from {', '.join(SCOPES)}")
+        if self.criterion in SOLVERS and self.scope != "layer":
+            raise ValueError(
+                f"{self.criterion} solves each layer's reconstruction on its own, so it "
+                "allocates per layer: use scope 'layer'"
+            )
 
     @classmethod
-    def parse(cls, text: str) -> PruneMethod:
-        """Read ``weight``, ``unit`` or ``STRUCTURE:CRITERION`` (bare = magnitude)."""
-        structure, _, criterion = text.strip().partition(":")
-        return cls(structure=structure, criterion=criterion or "magnitude")
+    def parse(cls, text: str, default_scope: str = "layer") -> PruneMethod:
+        """Read ``STRUCTURE[:CRITERION][@SCOPE]``; the criterion defaults to magnitude."""
+        text, _, scope = text.strip().partition("@")
+        structure, _, criterion = text.partition(":")
+        return cls(structure, criterion or "magnitude", scope or default_scope)
 
     @property
     def name(self) -> str:
-        """The bare structure for magnitude (the seed's two methods), else both parts."""
-        if self.criterion == "magnitude":
-            return self.structure
-        return f"{self.structure}:{self.criterion}"
+        """``weight`` / ``unit`` for layer-wise magnitude (the seed's methods), else
+        ``structure:criterion``, with ``@global`` for global scope."""
+        name = (
+            self.structure
+            if self.criterion == "magnitude"
+            else f"{self.structure}:{self.criterion}"
+        )
+        return name if self.scope == "layer" else f"{name}@{self.scope}"
+
+    @property
+    def needs_data(self) -> bool:
+        return self.criterion in NEEDS_DATA or self.criterion in SOLVERS
+
+
+CRITERION_NAMES = (*CRITERIA, *SOLVERS)
 
 
 def check_k(k: float) -> float:

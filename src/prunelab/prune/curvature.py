@@ -1,0 +1,188 @@
+"""Curvature estimates for second-order pruning, computed without building any full Hessian.
+
+* ``gauss_newton_diagonal``: the diagonal of the Gauss-Newton matrix of the mean
+  softmax cross-entropy, G = mean_n J_n^T H_n J_n, with J_n the Jacobian of the
+  logits with respect to the weights and H_n = diag(p_n) - p_n p_n^T the exact
+  Hessian of the loss with respect to the logits. Writing H_n = L_n L_n^T with
+  column c of L_n equal to sqrt(p_nc) (e_c - p_n), diag(G) = mean_n sum_c
+  (J_n^T L_nc)^2: one backward pass per class, and per-sample gradients, which for
+  a linear layer are outer products, so their squares sum as a matrix product.
+* ``empirical_fisher_diagonal``: mean_n g_n^2 with g_n the per-sample gradient of
+  the loss at the true label. Cheaper, and a worse estimate of the curvature.
+* ``layer_input_hessian``: H = 2 X^T X / N of a layer's inputs, the Hessian of the
+  layer's squared reconstruction error, for layer-wise OBS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+class _Recorder:
+    """Forward hooks that keep each layer's input (detached) and output (in the graph)."""
+
+    def __init__(self, layers: dict[str, nn.Module]):
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles = [
+            layer.register_forward_hook(self._hook(name)) for name, layer in layers.items()
+        ]
+
+    def _hook(self, name: str):
+        def hook(module, args, output):
+            self.inputs[name] = args[0].detach()
+            self.outputs[name] = output
+
+        return hook
+
+    def __enter__(self) -> _Recorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as rows that its weight (flattened to 2-D) multiplies.
+
+    Linear: [N, in] -> [N, 1, in]. Conv2d: [N, C, H, W] -> [N, L, C*kh*kw], one row per
+    output position, in the order of ``weight.flatten(1)``.
+    """
+    if isinstance(layer, nn.Conv2d):
+        cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+        return cols.transpose(1, 2)
+    return x.reshape(x.shape[0], 1, -1)
+
+
+def _accumulate_squared_sample_grads(
+    layer: nn.Module, x: torch.Tensor, delta: torch.Tensor, weight_acc: torch.Tensor,
+    bias_acc: torch.Tensor | None,
+) -> None:  # fmt: skip
+    """Add sum_n (per-sample gradient)^2 of the weight (and bias) to the accumulators.
+
+    ``delta`` is the gradient with respect to the layer's output for each sample.
+    """
+    patches = _patches(layer, x)  # [N, L, fan_in]
+    d = delta.reshape(delta.shape[0], delta.shape[1], -1).transpose(1, 2)  # [N, L, out]
+    if patches.shape[1] == 1:  # linear: per-sample grad is an outer product
+        weight_acc += (d[:, 0] ** 2).T @ (patches[:, 0] ** 2)
+    else:
+        per_sample = d.transpose(1, 2) @ patches  # [N, out, fan_in]
+        weight_acc += (per_sample**2).sum(0)
+    if bias_acc is not None:
+        bias_acc += (d.sum(1) ** 2).sum(0)
+
+
+def _empty(layers: dict[str, nn.Module]) -> dict[str, dict[str, torch.Tensor]]:
+    return {
+        name: {
+            "weight": torch.zeros_like(layer.weight).flatten(1),
+            **({"bias": torch.zeros_like(layer.bias)} if layer.bias is not None else {}),
+        }
+        for name, layer in layers.items()
+    }
+
+
+def _finish(acc, layers, n: int) -> dict[str, dict[str, torch.Tensor]]:
+    if n == 0:
+        raise ValueError("no calibration data: curvature needs at least one batch")
+    return {
+        name: {key: (t / n).view_as(getattr(layers[name], key)) for key, t in parts.items()}
+        for name, parts in acc.items()
+    }
+
+
+def gauss_newton_diagonal(
+    model: nn.Module, layers: dict[str, nn.Module], batches: Batches
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Diagonal of the Gauss-Newton matrix of the mean cross-entropy, per layer.
+
+    Returns ``{layer: {"weight": h_w, "bias": h_b}}`` shaped like the parameters.
+    """
+    was_training = model.training
+    model.eval()
+    acc, n = _empty(layers), 0
+    names = list(layers)
+    try:
+        with _Recorder(layers) as rec, torch.enable_grad():
+            for x, _ in batches:
+                logits = model(x)
+                p = logits.detach().softmax(1)
+                outputs = [rec.outputs[name] for name in names]
+                for c in range(p.shape[1]):
+                    e_c = torch.zeros_like(p)
+                    e_c[:, c] = 1.0
+                    v = p[:, c : c + 1].sqrt() * (e_c - p)
+                    deltas = torch.autograd.grad(logits, outputs, v, retain_graph=True)
+                    for name, delta in zip(names, deltas, strict=True):
+                        parts = acc[name]
+                        _accumulate_squared_sample_grads(
+                            layers[name], rec.inputs[name], delta, parts["weight"],
+                            parts.get("bias"),
+                        )  # fmt: skip
+                n += x.shape[0]
+    finally:
+        model.train(was_training)
+    return _finish(acc, layers, n)
+
+
+def empirical_fisher_diagonal(
+    model: nn.Module, layers: dict[str, nn.Module], batches: Batches
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Mean squared per-sample gradient of the cross-entropy at the true labels."""
+    was_training = model.training
+    model.eval()
+    acc, n = _empty(layers), 0
+    names = list(layers)
+    try:
+        with _Recorder(layers) as rec, torch.enable_grad():
+            for x, y in batches:
+                logits = model(x)
+                # d(loss_n)/d(logits_n) = p_n - e_y: one backward pass for all samples
+                v = logits.detach().softmax(1) - F.one_hot(y, logits.shape[1])
+                outputs = [rec.outputs[name] for name in names]
+                deltas = torch.autograd.grad(logits, outputs, v)
+                for name, delta in zip(names, deltas, strict=True):
+                    parts = acc[name]
+                    _accumulate_squared_sample_grads(
+                        layers[name], rec.inputs[name], delta, parts["weight"], parts.get("bias")
+                    )
+                n += x.shape[0]
+    finally:
+        model.train(was_training)
+    return _finish(acc, layers, n)
+
+
+@torch.no_grad()
+def layer_inputs(model: nn.Module, layer: nn.Module, batches: Batches) -> torch.Tensor:
+    """The rows a layer's weight multiplies, over all calibration batches: [M, fan_in]."""
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        with _Recorder({"layer": layer}) as rec:
+            for x, _ in batches:
+                model(x)
+                rows.append(_patches(layer, rec.inputs["layer"]).flatten(0, 1))
+    finally:
+        model.train(was_training)
+    if not rows:
+        raise ValueError("no calibration data: OBS needs at least one batch")
+    return torch.cat(rows)
+
+
+def layer_input_hessian(
+    model: nn.Module, layer: nn.Module, batches: Batches, damping: float = 0.01
+) -> torch.Tensor:
+    """H = 2 X^T X / N in float64, plus ``damping`` times its mean diagonal."""
+    x = layer_inputs(model, layer, batches).double()
+    h = 2 * x.T @ x / x.shape[0]
+    h.diagonal().add_(damping * h.diagonal().mean().clamp_min(1e-12))
+    return h

@@ -1,0 +1,161 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunelab.models import ModelConfig, build_model, prunable_layers
+from prunelab.prune import PruneMethod, prune
+from prunelab.prune.allocate import global_, layerwise
+from prunelab.prune.criteria import CRITERIA, NeedsCalibrationError, ScoreContext
+from prunelab.prune.method import CRITERION_NAMES
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+def overlapping_blobs(n: int, d: int, generator: torch.Generator):
+    """Three Gaussian classes in d dimensions that overlap: no network fits them exactly,
+    so the loss has a finite minimum."""
+    y = torch.randint(0, 3, (n,), generator=generator)
+    x = torch.eye(3, d)[y] * 1.5 + torch.randn(n, d, generator=generator)
+    return x.double(), y
+
+
+def saliency_rank_correlation(model, layers, scores, x, y, count=200) -> float:
+    """Spearman between predicted and measured loss increases of deleting each of the
+    ``count`` lowest-scoring weights alone."""
+    flat = sorted((s, n, i) for n, t in scores.items() for i, s in enumerate(t.flatten().tolist()))
+    base = F.cross_entropy(model(x), y).item()
+    predicted, measured = [], []
+    with torch.no_grad():
+        for saliency, name, i in flat[:count]:
+            w = layers[name].weight.view(-1)
+            kept = w[i].item()
+            w[i] = 0.0
+            measured.append(F.cross_entropy(model(x), y).item() - base)
+            w[i] = kept
+            predicted.append(saliency)
+    return spearman(torch.tensor(predicted), torch.tensor(measured))
+
+
+def test_obd_predicts_the_loss_increase_of_deleting_low_saliency_weights():
+    """At a minimum, s = h w^2 / 2 ranks the true loss increases; |w| does not."""
+    x, y = overlapping_blobs(3000, 8, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 24), nn.Softplus(), nn.Linear(24, 3)).double()
+    optimizer = torch.optim.LBFGS(model.parameters(), max_iter=3000, max_eval=6000,
+                                  tolerance_grad=1e-11, tolerance_change=0, history_size=100,
+                                  line_search_fn="strong_wolfe")  # fmt: skip
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    closure()
+    assert max(float(p.grad.abs().max()) for p in model.parameters()) < 1e-2
+
+    layers = prunable_layers(model, include_last=True)  # 264 weights
+    ctx = ScoreContext(model, layers, "weight", [(x, y)])
+    obd = saliency_rank_correlation(model, layers, CRITERIA["obd"](ctx), x, y)
+    magnitude = saliency_rank_correlation(model, layers, CRITERIA["magnitude"](ctx), x, y)
+    assert obd >= 0.8
+    assert obd > magnitude + 0.3
+
+
+def small_model():
+    return build_model(ModelConfig(hidden=(24, 12)), seed=0)
+
+
+def calibration(n=64):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))]
+
+
+def test_lamp_divides_by_the_sum_of_squares_of_no_smaller_weights():
+    layer = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[3.0, -1.0, 2.0, 0.5]]))
+    ctx = ScoreContext(nn.Sequential(layer), {"0": layer}, "weight")
+    expected = torch.tensor([[9 / 9, 1 / (1 + 4 + 9), 4 / (4 + 9), 0.25 / 14.25]])
+    torch.testing.assert_close(CRITERIA["lamp"](ctx)["0"], expected)
+
+
+def test_random_scores_follow_the_seed():
+    model = small_model()
+    layers = prunable_layers(model)
+    a = CRITERIA["random"](ScoreContext(model, layers, "weight", seed=3))
+    b = CRITERIA["random"](ScoreContext(model, layers, "weight", seed=3))
+    c = CRITERIA["random"](ScoreContext(model, layers, "weight", seed=4))
+    assert all(torch.equal(a[n], b[n]) for n in a) and not torch.equal(a["1"], c["1"])
+
+
+def test_taylor_is_the_absolute_first_order_term():
+    model = small_model()
+    layers = prunable_layers(model)
+    (x, y), = calibration()  # fmt: skip
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    scores = CRITERIA["taylor"](ScoreContext(model, layers, "weight", [(x, y)]))
+    for name, layer in layers.items():
+        torch.testing.assert_close(scores[name], (layer.weight * layer.weight.grad).abs())
+    units = CRITERIA["taylor"](ScoreContext(model, layers, "unit", [(x, y)]))
+    layer = layers["1"]
+    expected = ((layer.weight * layer.weight.grad).sum(1) + layer.bias * layer.bias.grad).abs()
+    torch.testing.assert_close(units["1"], expected)
+
+
+@pytest.mark.parametrize("criterion", ["obd", "fisher", "taylor", "obs", "obc"])
+def test_criteria_that_need_data_refuse_to_run_without_it(criterion):
+    with pytest.raises((NeedsCalibrationError, ValueError), match="calibration"):
+        prune(small_model(), PruneMethod("weight", criterion), 0.5)
+
+
+def test_global_allocation_hits_the_total_exactly_with_an_uneven_split():
+    scores = {"a": torch.arange(100.0), "b": torch.arange(10.0) * 100, "c": torch.zeros(30)}
+    keep = global_(scores, 0.5)
+    assert sum(int((~k).sum()) for k in keep.values()) == round(0.5 * 140)
+    assert int((~keep["c"]).sum()) == 29  # all but its protected best entry
+    assert int((~keep["b"]).sum()) == 1  # only its zero score goes
+    assert int((~keep["a"]).sum()) == 70 - 29 - 1
+
+
+def test_global_allocation_never_empties_a_layer():
+    scores = {"big": torch.ones(1000), "small": torch.zeros(5)}
+    keep = global_(scores, 0.9)
+    assert int(keep["small"].sum()) == 1
+    assert sum(int((~k).sum()) for k in keep.values()) == 904
+
+
+@pytest.mark.parametrize("criterion", CRITERION_NAMES)
+@pytest.mark.parametrize("structure", ["weight", "unit"])
+def test_every_criterion_prunes_exact_counts_on_the_cnn(criterion, structure):
+    model = build_model(ModelConfig(name="lenet5"), seed=0)
+    masks = prune(model, PruneMethod(structure, criterion), 0.5, batches=calibration(32))
+    for name, layer in prunable_layers(model).items():
+        if structure == "weight":
+            per_row = layer.weight.flatten(1).shape[1]
+            zeros = int((layer.weight == 0).sum())
+            if criterion in ("obs", "obc"):  # each row loses round(k * fan_in)
+                assert zeros == layer.weight.shape[0] * round(0.5 * per_row)
+            else:
+                assert zeros == round(0.5 * layer.weight.numel())
+        else:
+            dead = (layer.weight.flatten(1) == 0).all(1) & (layer.bias == 0)
+            assert int(dead.sum()) == round(0.5 * layer.weight.shape[0])
+            assert torch.equal(~dead, masks[f"{name}.bias"])
+
+
+def test_layerwise_and_global_scores_agree_for_a_single_layer():
+    scores = {"only": torch.randn(50)}
+    assert torch.equal(layerwise(scores, 0.3)["only"], global_(scores, 0.3)["only"])
+
+
+def test_obs_and_obc_refuse_global_scope():
+    with pytest.raises(ValueError, match="scope 'layer'"):
+        PruneMethod("weight", "obs", "global")
