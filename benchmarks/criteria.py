@@ -1,0 +1,52 @@
+"""Criteria x scope x k on MNIST with the seed's network: one-shot and fine-tuned test
+accuracy, and the seconds spent choosing what to prune (scoring and OBS solves).
+
+    python benchmarks/criteria.py [--structure weight|unit] [--ks 0.5,0.9,0.95]
+
+Runs through the study (its run directory is --out, so a rerun reuses finished cells).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from prunelab.prune.method import CRITERION_NAMES, SOLVERS
+from prunelab.study import RunOptions, StudyConfig, run_study
+from prunelab.train import fast_cpu_math
+
+
+def main() -> None:
+    fast_cpu_math()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--structure", default="weight", choices=("weight", "unit"))
+    parser.add_argument("--ks", default="0.5,0.9,0.95,0.97")
+    parser.add_argument("--criteria", default=",".join(CRITERION_NAMES))
+    parser.add_argument("--out", type=Path, default=Path("runs/criteria"))
+    args = parser.parse_args()
+    criteria = args.criteria.split(",")
+    methods = [f"{args.structure}:{c}" for c in criteria]
+    methods += [f"{args.structure}:{c}@global" for c in criteria if c not in SOLVERS]
+    ks = tuple(float(k) for k in args.ks.split(","))
+    result = run_study(StudyConfig(methods=tuple(methods), ks=ks), RunOptions(out=args.out))
+    rows = {(r["method"], r["k"], r["phase"]): r for r in result.results}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"dense test accuracy {result.dense['test_accuracy']:.4f}")  # fmt: skip
+    header = " | ".join(f"k={k:g} one-shot / fine-tuned (score s)" for k in ks)
+    print(f"| method | {header} |")
+    print("|---|" + "---:|" * len(ks))
+    for method in dict.fromkeys(r["method"] for r in result.results):
+        cells = []
+        for k in ks:
+            one, tuned = rows[(method, k, "oneshot")], rows[(method, k, "finetuned")]
+            cells.append(
+                f"{100 * one['test_accuracy']:.1f} / {100 * tuned['test_accuracy']:.1f}"
+                f" ({one['seconds']:.1f})"
+            )
+        print(f"| {method} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
