@@ -9,6 +9,7 @@ Runs through the study (its run directory is --out, so a rerun reuses finished c
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,16 +25,21 @@ def main() -> None:
     parser.add_argument("--structure", default="weight", choices=("weight", "unit"))
     parser.add_argument("--ks", default="0.5,0.9,0.95,0.97")
     parser.add_argument("--criteria", default=",".join(CRITERION_NAMES))
+    parser.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"),
+                        help="of the dense model's training")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("runs/criteria"))
     args = parser.parse_args()
     criteria = args.criteria.split(",")
     methods = [f"{args.structure}:{c}" for c in criteria]
     methods += [f"{args.structure}:{c}@global" for c in criteria if c not in SOLVERS]
     ks = tuple(float(k) for k in args.ks.split(","))
-    result = run_study(StudyConfig(methods=tuple(methods), ks=ks), RunOptions(out=args.out))
+    config = StudyConfig(methods=tuple(methods), ks=ks)
+    config = replace(config, train=replace(config.train, lr_schedule=args.lr_schedule))
+    result = run_study(config, RunOptions(out=args.out))
     rows = {(r["method"], r["k"], r["phase"]): r for r in result.results}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"dense test accuracy {result.dense['test_accuracy']:.4f}")  # fmt: skip
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; dense model trained "
+          f"with a {args.lr_schedule} learning rate: test accuracy "
+          f"{result.dense['test_accuracy']:.4f}")  # fmt: skip
     header = " | ".join(f"k={k:g} one-shot / fine-tuned (score s)" for k in ks)
     print(f"| method | {header} |")
     print("|---|" + "---:|" * len(ks))

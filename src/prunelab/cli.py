@@ -94,6 +94,10 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         "--lr", type=float, help="peak learning rate of the dense model (default: the recipe's)"
     )
     p.add_argument(
+        "--lr-schedule", choices=("cosine", "constant"),
+        help="learning-rate schedule of the dense model (default: the recipe's)",
+    )  # fmt: skip
+    p.add_argument(
         "--batch-size",
         type=int,
         help="batch size of training and fine-tuning (default: the recipe's)",
@@ -152,6 +156,8 @@ def build_study_config(args: argparse.Namespace) -> StudyConfig:
         train = replace(train, epochs=args.epochs)
     if args.lr is not None:
         train = replace(train, lr=args.lr)
+    if args.lr_schedule is not None:
+        train = replace(train, lr_schedule=args.lr_schedule)
     if args.batch_size is not None:
         train = replace(train, batch_size=args.batch_size)
         finetune = replace(finetune, batch_size=args.batch_size)

@@ -33,30 +33,55 @@ from prunelab.prune.curvature import layer_input_hessian
 from prunelab.prune.masks import Masks
 
 ROW_CHUNK = 128  # rows solved together: bounds the memory of the batched systems
+# The per-row systems are solved in float32: twice as fast as float64 on CPU, and
+# the damping keeps H_KK well conditioned; H itself is built and inverted in float64.
+SOLVE_DTYPE = torch.float32
 
 
-def _solve_rows(target: torch.Tensor, h: torch.Tensor, keep: torch.Tensor, with_inverse: bool):
+def _solve_rows(
+    w_dense: torch.Tensor, h: torch.Tensor, h_inv: torch.Tensor, keep: torch.Tensor,
+    with_inverse: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """Exact least-squares weights of each row on its kept set (same size for every row).
 
     Returns the new rows (zero where pruned) and, if asked, the diagonal of each
-    row's (H_KK)^-1 scattered to full width (inf where pruned).
+    row's (H_KK)^-1 scattered to full width (inf where pruned). Each chunk of rows
+    is solved on the smaller side: the kept set K, w_K = (w H)_K (H_KK)^-1, or the
+    pruned set P, w = w - w_P [(H^-1)_PP]^-1 (H^-1)_P (the multi-weight OBS update).
     """
     rows, d = keep.shape
     m = int(keep[0].sum())
-    new = torch.zeros_like(target)
-    inv_diag = torch.full_like(target, float("inf")) if with_inverse else None
+    new = torch.zeros_like(w_dense)
+    inv_diag = torch.full_like(w_dense, float("inf")) if with_inverse else None
     if m == 0:
         return new, inv_diag
+    h, h_inv, w = h.to(SOLVE_DTYPE), h_inv.to(SOLVE_DTYPE), w_dense.to(SOLVE_DTYPE)
+    kept_side = m <= d - m
+    size = m if kept_side else d - m
+    eye = torch.eye(size, dtype=SOLVE_DTYPE, device=h.device)
     for start in range(0, rows, ROW_CHUNK):
-        k = keep[start : start + ROW_CHUNK]
-        idx = torch.argsort((~k).to(torch.int8), dim=1, stable=True)[:, :m]  # kept, in order
-        h_kk = h[idx[:, :, None], idx[:, None, :]]
-        chol = torch.linalg.cholesky(h_kk)
-        rhs = target[start : start + ROW_CHUNK].gather(1, idx).unsqueeze(-1)
-        new[start : start + ROW_CHUNK].scatter_(1, idx, torch.cholesky_solve(rhs, chol)[..., 0])
-        if with_inverse:
-            diag = torch.cholesky_inverse(chol).diagonal(dim1=-2, dim2=-1)
-            inv_diag[start : start + ROW_CHUNK].scatter_(1, idx, diag)
+        part = slice(start, start + ROW_CHUNK)
+        order = torch.argsort((~keep[part]).to(torch.int8), dim=1, stable=True)
+        kept_idx, pruned_idx = order[:, :m], order[:, m:]
+        if kept_side:
+            chol = torch.linalg.cholesky(h[kept_idx[:, :, None], kept_idx[:, None, :]])
+            rhs = (w[part] @ h).gather(1, kept_idx).unsqueeze(-1)
+            new[part].scatter_(1, kept_idx, torch.cholesky_solve(rhs, chol)[..., 0].to(new.dtype))
+            if with_inverse:  # diag(A^-1) = column sums of (L^-1)^2, with A = L L^T
+                l_inv = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+                inv_diag[part].scatter_(1, kept_idx, (l_inv**2).sum(-2).to(new.dtype))
+            continue
+        chol = torch.linalg.cholesky(h_inv[pruned_idx[:, :, None], pruned_idx[:, None, :]])
+        h_inv_rows = h_inv[pruned_idx]  # [chunk, p, d]
+        u = torch.cholesky_solve(w[part].gather(1, pruned_idx).unsqueeze(-1), chol)
+        solved = w[part] - (u.transpose(1, 2) @ h_inv_rows)[:, 0]
+        new[part] = solved.scatter(1, pruned_idx, 0.0).to(new.dtype)
+        if (
+            with_inverse
+        ):  # Schur complement: (H_KK)^-1 = (H^-1)_KK - (H^-1)_KP [(H^-1)_PP]^-1 (H^-1)_PK
+            z = torch.linalg.solve_triangular(chol, h_inv_rows, upper=False)
+            diag = h_inv.diagonal() - (z**2).sum(1)
+            inv_diag[part] = diag.scatter(1, pruned_idx, float("inf")).to(new.dtype)
     return new, inv_diag
 
 
@@ -65,9 +90,9 @@ def obs_rows(w: torch.Tensor, h: torch.Tensor, remove: int, rounds: int = 1):
 
     Returns the corrected weights and the keep mask.
     """
-    target = w @ h  # the dense layer's output statistics that every solve must match
+    w_dense, h_inv = w, torch.linalg.inv(h)
     keep = torch.ones_like(w, dtype=torch.bool)
-    inv_diag = torch.linalg.inv(h).diagonal().expand_as(w)
+    inv_diag = h_inv.diagonal().expand_as(w)
     removed = 0
     for r in range(1, rounds + 1):
         step = round(remove * r / rounds) - removed
@@ -77,7 +102,7 @@ def obs_rows(w: torch.Tensor, h: torch.Tensor, remove: int, rounds: int = 1):
         drop = torch.topk(score, step, dim=1, largest=False).indices
         keep.scatter_(1, drop, False)
         removed += step
-        w, inv_diag = _solve_rows(target, h, keep, with_inverse=r < rounds)
+        w, inv_diag = _solve_rows(w_dense, h, h_inv, keep, with_inverse=r < rounds)
     return w, keep
 
 
@@ -172,7 +197,9 @@ def reconstruct(
         column_keep = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
         for j in removed:
             column_keep[groups[j]] = False
-        new, _ = _solve_rows(w @ h, h, column_keep.expand_as(w), with_inverse=False)
+        new, _ = _solve_rows(
+            w, h, torch.linalg.inv(h), column_keep.expand_as(w), with_inverse=False
+        )
         consumer.weight.copy_(new.view_as(consumer.weight))
         shape = (-1,) + (1,) * (layer.weight.dim() - 1)
         layer.weight.mul_(unit_keep.view(shape))
