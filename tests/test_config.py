@@ -43,6 +43,7 @@ def test_ids_depend_on_what_is_computed_only():
         ({"methods": ("nonsense",)}, "unknown structure"),
         ({"dataset": "nonsense"}, "unknown dataset"),
         ({"methods": ()}, "at least one method"),
+        ({"train_limit": 0}, "train_limit must be positive"),
     ],
 )
 def test_invalid_study_configs_are_refused(kwargs, match):

@@ -86,6 +86,14 @@ def test_lamp_divides_by_the_sum_of_squares_of_no_smaller_weights():
     torch.testing.assert_close(CRITERIA["lamp"](ctx)["0"], expected)
 
 
+def test_lamp_gives_equal_weights_one_score():
+    layer = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, -1.0, 2.0, 1.0]]))
+    scores = CRITERIA["lamp"](ScoreContext(nn.Sequential(layer), {"0": layer}, "weight"))["0"]
+    torch.testing.assert_close(scores, torch.tensor([[1 / 7, 1 / 7, 1.0, 1 / 7]]))
+
+
 def test_random_scores_follow_the_seed():
     model = small_model()
     layers = prunable_layers(model)

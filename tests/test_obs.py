@@ -84,9 +84,8 @@ def test_unit_group_choice_matches_brute_force_on_a_small_consumer():
     second = min((j for j in range(5) if j != first), key=lambda j: refit_error([first, j]))
     assert greedy == [first, second]  # two rounds: the second choice sees the first
     best_pair = min(itertools.combinations(range(5), 2), key=refit_error)
-    assert refit_error(greedy) <= refit_error(chosen) and refit_error(best_pair) <= refit_error(
-        greedy
-    )
+    assert refit_error(greedy) <= refit_error(chosen) * (1 + 1e-9)
+    assert refit_error(best_pair) <= refit_error(greedy) * (1 + 1e-9)
 
 
 def trained_tiny_mlp(tiny_data_dir):

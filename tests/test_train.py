@@ -28,6 +28,16 @@ def test_training_is_reproducible_from_its_seed(tiny_data_dir):
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
+def test_training_leaves_the_global_generator_alone(tiny_data_dir):
+    ds = load_dataset("mnist", data_dir=tiny_data_dir, val_size=100, train_limit=64)
+    model = build_model(ModelConfig(hidden=(8, 8), dropout=(0.5, 0.5)))
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    train(model, ds.train, ds.val, TrainConfig(epochs=1), seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_after_step_runs_after_every_optimizer_step(tiny_data_dir):
     ds = load_dataset("mnist", data_dir=tiny_data_dir, val_size=100, train_limit=100)
     calls = []

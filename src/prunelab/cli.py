@@ -43,7 +43,8 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train the dense model once (reused on reruns), prune it at every k by every "
             "method, evaluate, fine-tune each pruned network with its mask held, and write "
-            "config.json, results.csv, epochs.csv and figures into the run directory. "
+            "config.json, results.csv, layers.csv, epochs.csv and figures into the run "
+            "directory. "
             "Finished cells are stored and not recomputed when the command is rerun."
         ),
     )
@@ -106,7 +107,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--finetune-lr",
         type=float,
-        help="peak fine-tuning learning rate (default: 1e-3, cosine to zero)",
+        help="peak fine-tuning learning rate (default: the recipe's; fast: 1e-3, cosine to zero)",
     )
     p.add_argument(
         "--val-size",

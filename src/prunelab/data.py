@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import importlib.metadata
 import io
 import os
@@ -172,7 +173,7 @@ def find_raw(
         try:
             folder = download_idx(spec, cache_dir() / spec.name)
             return read_idx_folder(folder), spec.url
-        except OSError as err:
+        except (OSError, http.client.HTTPException) as err:
             reason = f"download from {spec.url} failed ({err})"
     else:
         reason = "downloading is switched off"

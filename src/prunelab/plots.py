@@ -1,5 +1,8 @@
 """The study's figures, drawn from its results rows: measured points joined by
-straight lines (no curve fitting), accuracy on a [0, 1] axis."""
+straight lines (no curve fitting), accuracy on a [0, 1] axis.
+
+Figures are built as ``matplotlib.figure.Figure`` objects, so importing this module
+leaves pyplot and its backend alone."""
 
 from __future__ import annotations
 
@@ -7,9 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 PHASE_STYLE = {"oneshot": ("--", "one-shot"), "finetuned": ("-", "fine-tuned")}
 
@@ -21,7 +22,6 @@ def _save(fig, stem: Path) -> list[Path]:
         path = stem.with_suffix(suffix)
         fig.savefig(path, dpi=120, bbox_inches="tight")
         written.append(path)
-    plt.close(fig)
     return written
 
 
@@ -32,7 +32,8 @@ def metric_vs_k(results: list[dict], dense: dict, metric: str, stem: Path) -> li
         series[(row["method"], row["phase"])].append((row["k"], row[f"test_{metric}"]))
     methods = list(dict.fromkeys(method for method, _ in series))
     colors = {m: f"C{i}" for i, m in enumerate(methods)}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for (method, phase), points in series.items():
         points.sort()
         style, label = PHASE_STYLE[phase]
@@ -45,7 +46,7 @@ def metric_vs_k(results: list[dict], dense: dict, metric: str, stem: Path) -> li
             label=f"{method}, {label}",
         )
     ax.axhline(dense[f"test_{metric}"], color="grey", linestyle=":", label="dense")
-    ax.set_xlabel("k: fraction pruned in each prunable layer (%)")
+    ax.set_xlabel("k: fraction of weights or units pruned (%)")
     ax.set_ylabel(f"test {metric}")
     if metric == "accuracy":
         ax.set_ylim(0, 1)
@@ -63,8 +64,9 @@ def accuracy_per_epoch(epochs: list[dict], method: str, stem: Path) -> list[Path
     for row in epochs:
         if row["method"] == method:
             series[row["k"]].append((row["epoch"], row["val_accuracy"]))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    cmap = plt.get_cmap("viridis")
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["viridis"]
     for i, (k, points) in enumerate(sorted(series.items())):
         points.sort()
         ax.plot(

@@ -112,7 +112,16 @@ def train(
     ``after_step`` runs after every optimizer step (pruning uses it to hold masks).
     The batch order, dropout and augmentation all follow from ``seed``.
     """
-    torch.manual_seed(seed)  # dropout draws from the global generator
+    with torch.random.fork_rng(devices=_cuda_devices(train_split.x)):
+        torch.manual_seed(seed)  # dropout draws from the global generator; restored after
+        return _train(model, train_split, val_split, config, seed, after_step, desc)
+
+
+def _cuda_devices(x: torch.Tensor) -> list[int]:
+    return [x.device.index or 0] if x.is_cuda else []
+
+
+def _train(model, train_split, val_split, config, seed, after_step, desc) -> list[EpochRecord]:
     order_gen = torch.Generator().manual_seed(seed)
     fused = {"fused": True} if config.optimizer in FUSED else {}
     optimizer = OPTIMIZERS[config.optimizer](model.parameters(), lr=config.lr, **fused)

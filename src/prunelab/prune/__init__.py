@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -18,7 +20,7 @@ def prune(
     method: PruneMethod,
     k: float,
     *,
-    batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
     include_last: bool = False,
     seed: int = 0,
 ) -> Masks:
@@ -29,6 +31,7 @@ def prune(
     """
     check_k(k)
     layers = prunable_layers(model, include_last=include_last)
+    batches = list(batches) if batches is not None else None
     if method.criterion in SOLVERS:
         rounds = SOLVERS[method.criterion]
         updates, masks = reconstruct(model, layers, method.structure, k, batches, rounds)

@@ -10,7 +10,7 @@ small late layers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +20,6 @@ from torch import nn
 from prunelab.prune.curvature import empirical_fisher_diagonal, gauss_newton_diagonal
 
 Scores = dict[str, torch.Tensor]
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,10 @@ def _require_batches(ctx: ScoreContext, criterion: str) -> list:
             f"criterion {criterion!r} needs calibration batches (inputs and labels); none given"
         )
     return ctx.batches
+
+
+def _score_shape(layer: nn.Module, structure: str) -> torch.Size:
+    return layer.weight.shape if structure == "weight" else layer.weight.shape[:1]
 
 
 def _per_unit(weight_scores: Scores, bias_scores: Scores) -> Scores:
@@ -68,7 +71,7 @@ def random(ctx: ScoreContext) -> Scores:
     generator = torch.Generator().manual_seed(ctx.seed)
     scores = {}
     for name, layer in ctx.layers.items():
-        shape = layer.weight.shape if ctx.structure == "weight" else layer.weight.shape[:1]
+        shape = _score_shape(layer, ctx.structure)
         scores[name] = torch.rand(shape, generator=generator).to(layer.weight.device)
     return scores
 
@@ -86,10 +89,12 @@ def lamp(ctx: ScoreContext) -> Scores:
         flat = sq.flatten()
         order = torch.argsort(flat, stable=True)
         sorted_sq = flat[order]
-        # sum over this entry and every larger one: reversed cumulative sum
+        # sum over this entry and every larger one: reversed cumulative sum, read at the
+        # first of equal values so that ties share one denominator
         tail = sorted_sq.flip(0).cumsum(0).flip(0)
+        first_equal = torch.searchsorted(sorted_sq, sorted_sq, side="left")
         score = torch.empty_like(flat)
-        score[order] = sorted_sq / tail.clamp_min(torch.finfo(flat.dtype).tiny)
+        score[order] = sorted_sq / tail[first_equal].clamp_min(torch.finfo(flat.dtype).tiny)
         scores[name] = score.view_as(sq)
     return scores
 
@@ -137,10 +142,7 @@ def taylor(ctx: ScoreContext) -> Scores:
     was_training = model.training
     model.eval()
     scores = {
-        name: torch.zeros(
-            layer.weight.shape if ctx.structure == "weight" else layer.weight.shape[:1],
-            device=layer.weight.device,
-        )
+        name: torch.zeros(_score_shape(layer, ctx.structure), device=layer.weight.device)
         for name, layer in ctx.layers.items()
     }
     params = [

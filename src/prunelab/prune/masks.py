@@ -11,8 +11,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
+
+from prunelab.storage import atomic_write_bytes
 
 
 class Masks(Mapping[str, torch.Tensor]):
@@ -88,7 +90,8 @@ class Masks(Mapping[str, torch.Tensor]):
         self.holder(model)(model)
 
     def save(self, path: str | Path) -> None:
-        save_file({name: mask.to(torch.uint8).contiguous() for name, mask in self.items()}, path)
+        tensors = {name: mask.to(torch.uint8).contiguous().cpu() for name, mask in self.items()}
+        atomic_write_bytes(path, save(tensors))
 
     @classmethod
     def load(cls, path: str | Path) -> Masks:

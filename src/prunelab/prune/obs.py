@@ -28,8 +28,7 @@ import torch
 from torch import nn
 
 from prunelab.prune.allocate import count_to_remove
-from prunelab.prune.criteria import Batches
-from prunelab.prune.curvature import layer_input_hessian
+from prunelab.prune.curvature import Batches, layer_input_hessian
 from prunelab.prune.masks import Masks
 
 ROW_CHUNK = 128  # rows solved together: bounds the memory of the batched systems
@@ -144,7 +143,7 @@ def _choose_units(w: torch.Tensor, h: torch.Tensor, groups, remove: int, rounds:
         blocks = inv[local[:, :, None], local[:, None, :]]  # [units, size, size]
         wg = current[:, local].permute(1, 2, 0)  # [units, size, rows]
         scores = (wg * torch.linalg.solve(blocks, wg)).sum((1, 2))
-        drop = torch.argsort(scores, stable=True)[:step]
+        drop = torch.argsort(scores.cpu(), stable=True)[:step]
         removed += kept_units[drop].tolist()
         keep = torch.ones(len(kept_units), dtype=torch.bool)
         keep[drop] = False
@@ -171,8 +170,18 @@ def reconstruct(
 
     Returns the new values of every parameter that changed, and the masks.
     """
+    batches = list(batches or [])
     if not batches:
         raise ValueError("obs and obc need calibration batches (inputs and labels); none given")
+    try:
+        return _reconstruct(model, layers, structure, k, batches, rounds, damping)
+    except torch.linalg.LinAlgError as err:
+        raise ValueError(
+            f"OBS could not factor a layer's input Hessian ({err}); use more calibration data"
+        ) from err
+
+
+def _reconstruct(model, layers, structure, k, batches, rounds, damping):
     work = copy.deepcopy(model)
     work_layers = {name: work.get_submodule(name) for name in layers}
     consumers = _consumers(work)
@@ -201,12 +210,9 @@ def reconstruct(
             w, h, torch.linalg.inv(h), column_keep.expand_as(w), with_inverse=False
         )
         consumer.weight.copy_(new.view_as(consumer.weight))
-        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-        layer.weight.mul_(unit_keep.view(shape))
-        masks[f"{name}.weight"] = unit_keep.view(shape).expand_as(layer.weight).clone()
-        if layer.bias is not None:
-            layer.bias.mul_(unit_keep)
-            masks[f"{name}.bias"] = unit_keep.clone()
+        unit_masks = Masks.from_keep({name: layer}, {name: unit_keep}, "unit")
+        unit_masks.apply_(work)
+        masks.update(unit_masks)
     original = dict(model.named_parameters())
     changed = {
         name: p.detach().clone()
