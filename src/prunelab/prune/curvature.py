@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -90,36 +90,24 @@ def _empty(layers: dict[str, nn.Module]) -> dict[str, dict[str, torch.Tensor]]:
     }
 
 
-def _finish(acc, layers, n: int) -> dict[str, dict[str, torch.Tensor]]:
-    if n == 0:
-        raise ValueError("no calibration data: curvature needs at least one batch")
-    return {
-        name: {key: (t / n).view_as(getattr(layers[name], key)) for key, t in parts.items()}
-        for name, parts in acc.items()
-    }
-
-
-def gauss_newton_diagonal(
-    model: nn.Module, layers: dict[str, nn.Module], batches: Batches
+def _mean_squared_sample_grads(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    batches: Batches,
+    output_grads: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]],
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """Diagonal of the Gauss-Newton matrix of the mean cross-entropy, per layer.
-
-    Returns ``{layer: {"weight": h_w, "bias": h_b}}`` shaped like the parameters.
-    """
+    """mean_n sum_v (per-sample gradient of v . logits_n)^2 for each parameter of ``layers``,
+    with the vectors v of each batch given by ``output_grads(logits, labels)``."""
     was_training = model.training
     model.eval()
     acc, n = _empty(layers), 0
     names = list(layers)
     try:
         with _Recorder(layers) as rec, torch.enable_grad():
-            for x, _ in batches:
+            for x, y in batches:
                 logits = model(x)
-                p = logits.detach().softmax(1)
                 outputs = [rec.outputs[name] for name in names]
-                for c in range(p.shape[1]):
-                    e_c = torch.zeros_like(p)
-                    e_c[:, c] = 1.0
-                    v = p[:, c : c + 1].sqrt() * (e_c - p)
+                for v in output_grads(logits.detach(), y):
                     deltas = torch.autograd.grad(logits, outputs, v, retain_graph=True)
                     for name, delta in zip(names, deltas, strict=True):
                         parts = acc[name]
@@ -130,34 +118,45 @@ def gauss_newton_diagonal(
                 n += x.shape[0]
     finally:
         model.train(was_training)
-    return _finish(acc, layers, n)
+    if n == 0:
+        raise ValueError("no calibration data: curvature needs at least one batch")
+    return {
+        name: {key: (t / n).view_as(getattr(layers[name], key)) for key, t in parts.items()}
+        for name, parts in acc.items()
+    }
+
+
+def _softmax_hessian_factors(logits: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+    """Columns of L with L L^T = diag(p) - p p^T: sqrt(p_c) (e_c - p), one per class."""
+    p = logits.softmax(1)
+    factors = []
+    for c in range(p.shape[1]):
+        e_c = torch.zeros_like(p)
+        e_c[:, c] = 1.0
+        factors.append(p[:, c : c + 1].sqrt() * (e_c - p))
+    return factors
+
+
+def _loss_gradient(logits: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+    """d(loss_n)/d(logits_n) = p_n - e_(y_n): one backward pass for all samples."""
+    return [logits.softmax(1) - F.one_hot(labels, logits.shape[1]).to(logits.dtype)]
+
+
+def gauss_newton_diagonal(
+    model: nn.Module, layers: dict[str, nn.Module], batches: Batches
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Diagonal of the Gauss-Newton matrix of the mean cross-entropy, per layer.
+
+    Returns ``{layer: {"weight": h_w, "bias": h_b}}`` shaped like the parameters.
+    """
+    return _mean_squared_sample_grads(model, layers, batches, _softmax_hessian_factors)
 
 
 def empirical_fisher_diagonal(
     model: nn.Module, layers: dict[str, nn.Module], batches: Batches
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Mean squared per-sample gradient of the cross-entropy at the true labels."""
-    was_training = model.training
-    model.eval()
-    acc, n = _empty(layers), 0
-    names = list(layers)
-    try:
-        with _Recorder(layers) as rec, torch.enable_grad():
-            for x, y in batches:
-                logits = model(x)
-                # d(loss_n)/d(logits_n) = p_n - e_y: one backward pass for all samples
-                v = logits.detach().softmax(1) - F.one_hot(y, logits.shape[1])
-                outputs = [rec.outputs[name] for name in names]
-                deltas = torch.autograd.grad(logits, outputs, v)
-                for name, delta in zip(names, deltas, strict=True):
-                    parts = acc[name]
-                    _accumulate_squared_sample_grads(
-                        layers[name], rec.inputs[name], delta, parts["weight"], parts.get("bias")
-                    )
-                n += x.shape[0]
-    finally:
-        model.train(was_training)
-    return _finish(acc, layers, n)
+    return _mean_squared_sample_grads(model, layers, batches, _loss_gradient)
 
 
 @torch.no_grad()
