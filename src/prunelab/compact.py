@@ -1,0 +1,122 @@
+"""Compaction: turn a unit-pruned network into a physically smaller one.
+
+A removed unit has an all-zero row of incoming weights and a zero bias, so its
+output is act(0) = 0 for the activations allowed here. Dropping it (the row and
+the bias) together with the columns of the next layer that read it (for a
+convolution, the input channel; across a flatten, the channel's features)
+leaves the network's outputs unchanged and its matrix products smaller.
+
+Works on any ``nn.Sequential`` chain of Linear, Conv2d, elementwise activations
+with f(0) = 0, pooling, dropout and flatten; anything else is refused, since
+its effect on a removed unit's zeros is not known.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Layers that map a zero channel or feature to zero, position by position.
+PASS_THROUGH = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU, nn.Hardtanh,
+    nn.Dropout, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,
+)  # fmt: skip
+
+
+class CompactionError(ValueError):
+    """The model cannot be compacted safely."""
+
+
+@torch.no_grad()
+def dead_units(layer: nn.Module) -> torch.Tensor:
+    """Bool per output unit: incoming weights and bias all exactly zero."""
+    dead = (layer.weight.flatten(1) == 0).all(dim=1)
+    if layer.bias is not None:
+        dead &= layer.bias == 0
+    return dead
+
+
+def _check(model: nn.Module) -> list[nn.Module]:
+    if not isinstance(model, nn.Sequential):
+        raise CompactionError(
+            f"compaction needs an nn.Sequential chain of layers; got {type(model).__name__}"
+        )
+    modules = list(model)
+    for module in modules:
+        if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.padding_mode != "zeros"):
+            raise CompactionError("compaction handles ungrouped, zero-padded Conv2d only")
+        if not isinstance(module, (nn.Linear, nn.Conv2d, nn.Flatten, *PASS_THROUGH)):
+            raise CompactionError(
+                f"cannot compact through {type(module).__name__}: its effect on removed "
+                "units is unknown"
+            )
+        if isinstance(module, nn.Flatten) and module.start_dim != 1:
+            raise CompactionError("compaction handles Flatten(start_dim=1) only")
+    if not any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in modules):
+        raise CompactionError("the model has no Linear or Conv2d layer to compact")
+    return modules
+
+
+@torch.no_grad()
+def _shrunk(layer: nn.Module, keep_out: torch.Tensor, keep_in: torch.Tensor | None) -> nn.Module:
+    weight = layer.weight[keep_out]
+    if keep_in is not None:
+        weight = weight[:, keep_in]
+    if isinstance(layer, nn.Linear):
+        new = nn.Linear(weight.shape[1], weight.shape[0], bias=layer.bias is not None)
+    else:
+        new = nn.Conv2d(
+            weight.shape[1], weight.shape[0], layer.kernel_size, layer.stride, layer.padding,
+            layer.dilation, bias=layer.bias is not None,
+        )  # fmt: skip
+    new = new.to(weight.device, weight.dtype)
+    new.weight.copy_(weight)
+    if layer.bias is not None:
+        new.bias.copy_(layer.bias[keep_out])
+    return new
+
+
+def compact(model: nn.Module) -> nn.Sequential:
+    """A new, smaller ``nn.Sequential`` that computes what ``model`` computes.
+
+    Units whose incoming weights and bias are all zero are removed from every
+    Linear/Conv2d layer but the last (whose outputs are the model's outputs), with
+    the inputs of the following layer that read them. ``model`` is not changed.
+    """
+    modules = _check(model)
+    weighted = [i for i, m in enumerate(modules) if isinstance(m, (nn.Linear, nn.Conv2d))]
+    last = weighted[-1]
+    out: list[nn.Module] = []
+    keep_in: torch.Tensor | None = None  # alive channels/features entering the next layer
+    units_before = 0  # output units of the last weighted layer, before compaction
+    flattened_from: int | None = None  # channels that a flatten turned into features
+    for i, module in enumerate(modules):
+        if isinstance(module, nn.Flatten):
+            flattened_from = None if keep_in is None else units_before
+            out.append(nn.Flatten())
+            continue
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            out.append(module)
+            continue
+        columns = keep_in
+        if keep_in is not None and flattened_from is not None:
+            if not isinstance(module, nn.Linear) or module.in_features % flattened_from:
+                raise CompactionError(f"layer {i} does not read whole flattened channels")
+            per_channel = module.in_features // flattened_from
+            columns = (keep_in.view(-1, 1) * per_channel + torch.arange(per_channel)).flatten()
+            columns = columns.to(module.weight.device)
+            flattened_from = None
+        if i == last:
+            keep_out = torch.arange(module.weight.shape[0], device=module.weight.device)
+        else:
+            alive = ~dead_units(module)
+            if not alive.any():  # keep one unit so that every shape stays valid
+                alive[0] = True
+            keep_out = alive.nonzero().flatten()
+        out.append(_shrunk(module, keep_out, columns))
+        keep_in, units_before = keep_out.cpu(), module.weight.shape[0]
+    return nn.Sequential(*out)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
