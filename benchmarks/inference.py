@@ -1,0 +1,83 @@
+"""Forward-pass latency of what pruning leaves, as a ratio to the dense model.
+
+The seed's MLP (untrained weights: latency does not depend on their values) is
+pruned at each k by units (then compacted: a smaller dense network) and by
+weights (then stored as torch CSR sparse matrices). The masked forms cost what
+the dense model costs, since their zeros still take part in dense products.
+
+    python benchmarks/inference.py [--ks 0.5,0.9,0.95,0.99]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from prunelab.compact import compact
+from prunelab.models import ModelConfig, build_model
+from prunelab.prune import PruneMethod, prune
+from prunelab.train import fast_cpu_math
+
+
+class CSRLinear(nn.Module):
+    """A linear layer whose weight is a CSR sparse matrix: y = (W x^T)^T + b."""
+
+    def __init__(self, layer: nn.Linear):
+        super().__init__()
+        self.weight = layer.weight.detach().to_sparse_csr()
+        self.bias = layer.bias.detach() if layer.bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sparse.mm(self.weight, x.T).T
+        return y + self.bias if self.bias is not None else y
+
+
+def to_csr(model: nn.Sequential) -> nn.Sequential:
+    return nn.Sequential(*(CSRLinear(m) if isinstance(m, nn.Linear) else m for m in model))
+
+
+@torch.inference_mode()
+def latency_ms(model: nn.Module, batch: int, repeats: int) -> float:
+    x = torch.rand(batch, 1, 28, 28)
+    for _ in range(5):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    fast_cpu_math()
+    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ks", default="0.5,0.9,0.95,0.99")
+    args = parser.parse_args()
+    dense = build_model(ModelConfig(), seed=0).eval()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median forward time")
+    print("| k | batch | dense (ms) | masked | unit, compacted | weight, CSR sparse |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for k in (float(v) for v in args.ks.split(",")):
+        unit = copy.deepcopy(dense)
+        prune(unit, PruneMethod("unit"), k)
+        compacted = compact(unit).eval()
+        weight = copy.deepcopy(dense)
+        prune(weight, PruneMethod("weight"), k)
+        sparse = to_csr(weight).eval()
+        for batch, repeats in ((1, 300), (256, 40)):
+            base = latency_ms(dense, batch, repeats)
+            cells = [latency_ms(m, batch, repeats) for m in (weight, compacted, sparse)]
+            ratios = " | ".join(f"{t:.3f} ms ({base / t:.1f}x)" for t in cells)
+            print(f"| {k:g} | {batch} | {base:.3f} | {ratios} |")
+
+
+if __name__ == "__main__":
+    main()
