@@ -1,0 +1,137 @@
+"""Sparse storage: keep only the non-zero weights of a pruned model, in safetensors.
+
+Each 2-D (or conv) weight is stored row by row in CSR form: the non-zero values
+(float32 or float16), the gap from each value's column to the previous one's as
+uint8 (a gap over 255 is bridged by explicit zero entries, as in Deep
+Compression), and the number of entries per row. Every other tensor is stored
+whole. The metadata holds the model's configuration, so ``load_sparse`` rebuilds
+an ordinary ``nn.Module``, and a SHA-256 of all tensors, so a damaged or edited
+file is refused rather than loaded with wrong weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+from torch import nn
+
+from prunelab.config import from_dict, to_dict
+from prunelab.models import ModelConfig, build_model
+from prunelab.storage import atomic_write_bytes
+
+FORMAT = "prunelab-sparse-1"
+MAX_GAP = 255  # uint8
+
+
+class ExportError(ValueError):
+    """A file is not a valid prunelab export."""
+
+
+def _encode_rows(weight: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR with uint8 column gaps; returns (values, gaps, entries per row)."""
+    matrix = weight.detach().cpu().float().flatten(1).numpy()
+    rows, columns = np.nonzero(matrix)  # row-major order
+    previous = np.full_like(columns, -1)
+    same_row = np.r_[False, rows[1:] == rows[:-1]]
+    previous[same_row] = columns[:-1][same_row[1:]]
+    gap = columns - previous
+    fillers = (gap - 1) // MAX_GAP  # stored zeros that bridge gaps over MAX_GAP
+    entry = np.repeat(np.arange(len(gap)), fillers + 1)
+    is_real = np.r_[entry[1:] != entry[:-1], True]  # the last of each group is the entry itself
+    gaps = np.where(is_real, gap[entry] - fillers[entry] * MAX_GAP, MAX_GAP)
+    values = np.where(is_real, matrix[rows[entry], columns[entry]], 0.0)
+    counts = np.bincount(rows[entry], minlength=matrix.shape[0])
+    return values.astype(np.float32), gaps.astype(np.uint8), counts.astype(np.int32)
+
+
+def _decode_rows(values, gaps, counts, shape) -> torch.Tensor:
+    rows, width = shape[0], int(np.prod(shape[1:]))
+    matrix = np.zeros((rows, width), dtype=np.float32)
+    row_of_entry = np.repeat(np.arange(rows), counts)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    # column = running sum of gaps within the row, minus one (the first gap counts from -1)
+    cumulative = np.cumsum(gaps.astype(np.int64))
+    row_offset = np.repeat(cumulative[starts - 1] * (starts > 0), counts) if len(gaps) else 0
+    columns = cumulative - row_offset - 1
+    if len(gaps) and (columns.max() >= width or columns.min() < 0):
+        raise ExportError("sparse weight indices fall outside the weight's shape")
+    matrix[row_of_entry, columns] = values
+    return torch.from_numpy(matrix).view(shape)
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_sparse(
+    model: nn.Module, config: ModelConfig, path: str | Path, dtype: torch.dtype = torch.float32
+) -> int:
+    """Write ``model`` (built from ``config``) keeping only non-zero weights; return bytes."""
+    if dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"values are stored as float32 or float16, not {dtype}")
+    tensors, layout = {}, {}
+    for name, param in model.state_dict().items():
+        if name.endswith("weight") and param.dim() >= 2:
+            values, gaps, counts = _encode_rows(param)
+            tensors[f"{name}.values"] = torch.from_numpy(values).to(dtype)
+            tensors[f"{name}.gaps"] = torch.from_numpy(gaps)
+            tensors[f"{name}.counts"] = torch.from_numpy(counts)
+            layout[name] = list(param.shape)
+        else:
+            tensors[name] = param.detach().cpu().to(dtype).contiguous()
+    metadata = {
+        "format": FORMAT,
+        "model": json.dumps(to_dict(config)),
+        "sparse": json.dumps(layout),
+        "sha256": _digest(tensors),
+    }
+    blob = save(tensors, metadata=metadata)
+    atomic_write_bytes(path, blob)
+    return len(blob)
+
+
+def load_sparse(path: str | Path) -> tuple[nn.Module, ModelConfig]:
+    """Rebuild the model saved by ``save_sparse`` (float32 parameters)."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+        tensors = load(blob)
+        metadata = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])["__metadata__"]
+    except (OSError, SafetensorError, ValueError, KeyError) as err:
+        raise ExportError(f"{path}: not a readable safetensors file ({err})") from err
+    if metadata.get("format") != FORMAT:
+        raise ExportError(f"{path}: not a prunelab sparse export")
+    if _digest(tensors) != metadata["sha256"]:
+        raise ExportError(f"{path}: contents do not match their checksum; the file was altered")
+    config = from_dict(ModelConfig, json.loads(metadata["model"]))
+    model = build_model(config)
+    state = {}
+    for name, shape in json.loads(metadata["sparse"]).items():
+        state[name] = _decode_rows(
+            tensors[f"{name}.values"].float().numpy(),
+            tensors[f"{name}.gaps"].numpy(),
+            tensors[f"{name}.counts"].numpy(),
+            shape,
+        )
+    for name, tensor in tensors.items():
+        if not name.endswith((".values", ".gaps", ".counts")):
+            state[name] = tensor.float()
+    model.load_state_dict(state)
+    return model, config
+
+
+def dense_bytes(model: nn.Module) -> int:
+    """Size of the model's float32 state dict as safetensors."""
+    return len(
+        save({k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()})
+    )

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from prunelab.export import (
+    ExportError,
+    _decode_rows,
+    _encode_rows,
+    dense_bytes,
+    load_sparse,
+    save_sparse,
+)
+from prunelab.models import ModelConfig, build_model
+from prunelab.prune import PruneMethod, prune
+
+
+def test_rows_round_trip_including_gaps_over_255():
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(5, 1000, generator=g) * (torch.rand(5, 1000, generator=g) < 0.01)
+    weight[2] = 0  # an empty row
+    weight[3, 999] = 1.5  # a gap of 1000 columns from the row start
+    values, gaps, counts = _encode_rows(weight)
+    assert gaps.dtype.name == "uint8"
+    torch.testing.assert_close(_decode_rows(values, gaps, counts, weight.shape), weight)
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet5"])
+def test_sparse_file_rebuilds_the_same_model(tmp_path, name):
+    config = ModelConfig(name=name, hidden=(64, 32) if name == "mlp" else None)
+    model = build_model(config, seed=0)
+    prune(model, PruneMethod("weight"), 0.9)
+    size = save_sparse(model, config, tmp_path / "m.safetensors")
+    assert size == (tmp_path / "m.safetensors").stat().st_size
+    loaded, loaded_config = load_sparse(tmp_path / "m.safetensors")
+    assert loaded_config == config
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_sparse_float16_file_is_smaller_and_close(tmp_path):
+    config = ModelConfig(hidden=(300, 100))
+    model = build_model(config, seed=0)
+    prune(model, PruneMethod("weight"), 0.98)
+    small = save_sparse(model, config, tmp_path / "h.safetensors", dtype=torch.float16)
+    full = save_sparse(model, config, tmp_path / "f.safetensors")
+    assert small < full < dense_bytes(model) / 10
+    loaded, _ = load_sparse(tmp_path / "h.safetensors")
+    x = torch.rand(8, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model(x), atol=1e-2, rtol=1e-2)
+
+
+def test_truncated_or_tampered_files_are_refused(tmp_path):
+    config = ModelConfig(hidden=(16,))
+    model = build_model(config, seed=0)
+    path = tmp_path / "m.safetensors"
+    save_sparse(model, config, path)
+    blob = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ExportError, match="not a readable"):
+        load_sparse(tmp_path / "cut.safetensors")
+    tampered = bytearray(blob)
+    tampered[-3] ^= 0xFF
+    (tmp_path / "bad.safetensors").write_bytes(bytes(tampered))
+    with pytest.raises(ExportError, match="checksum"):
+        load_sparse(tmp_path / "bad.safetensors")
+    with pytest.raises(ExportError, match="not a readable"):
+        load_sparse(tmp_path / "missing.safetensors")
