@@ -14,32 +14,15 @@ import argparse
 import copy
 import statistics
 import time
-import warnings
 
 import torch
 from torch import nn
 
 from prunelab.compact import compact
+from prunelab.export import to_csr
 from prunelab.models import ModelConfig, build_model
 from prunelab.prune import PruneMethod, prune
 from prunelab.train import fast_cpu_math
-
-
-class CSRLinear(nn.Module):
-    """A linear layer whose weight is a CSR sparse matrix: y = (W x^T)^T + b."""
-
-    def __init__(self, layer: nn.Linear):
-        super().__init__()
-        self.weight = layer.weight.detach().to_sparse_csr()
-        self.bias = layer.bias.detach() if layer.bias is not None else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.sparse.mm(self.weight, x.T).T
-        return y + self.bias if self.bias is not None else y
-
-
-def to_csr(model: nn.Sequential) -> nn.Sequential:
-    return nn.Sequential(*(CSRLinear(m) if isinstance(m, nn.Linear) else m for m in model))
 
 
 @torch.inference_mode()
@@ -57,7 +40,6 @@ def latency_ms(model: nn.Module, batch: int, repeats: int) -> float:
 
 def main() -> None:
     fast_cpu_math()
-    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ks", default="0.5,0.9,0.95,0.99")
     args = parser.parse_args()

@@ -11,24 +11,60 @@ def run(*args, **kwargs):
     return subprocess.run([*PRUNELAB, *args], capture_output=True, text=True, timeout=300, **kwargs)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["study", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["study", "--help"], ["export", "--help"]])
 def test_every_command_has_help(argv):
     result = run(*argv)
     assert result.returncode == 0 and "usage: prunelab" in result.stdout
 
 
-def test_study_smoke_run_of_the_real_cli(tiny_data_dir, tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
     result = run(
         "study", "--data-dir", str(tiny_data_dir), "--val-size", "100", "--hidden", "32,16",
         "--epochs", "2", "--finetune-epochs", "1", "--ks", "0,0.5,0.9", "--out", str(out),
         "--device", "cpu",
     )  # fmt: skip
+    return out, result
+
+
+def test_study_smoke_run_of_the_real_cli(tiny_run):
+    out, result = tiny_run
     assert result.returncode == 0, result.stderr
     assert "dense test accuracy" in result.stdout
     with open(out / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 12
     assert (out / "figures" / "accuracy_vs_k.svg").exists()
+
+
+@pytest.mark.parametrize("method, form", [("unit", "compact"), ("weight", "sparse")])
+def test_export_writes_a_file_that_reproduces_the_test_accuracy(
+    tiny_run, tiny_data_dir, tmp_path, method, form
+):
+    out, _ = tiny_run
+    target = tmp_path / f"{method}.safetensors"
+    result = run("export", str(out), "--method", method, "--k", "0.5", "--format", form,
+                 "-o", str(target), "--data-dir", str(tiny_data_dir))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert target.exists() and f"{target.stat().st_size:,} bytes" in result.stdout
+    with open(out / "results.csv") as f:
+        rows = {(r["method"], r["k"], r["phase"]): r for r in csv.DictReader(f)}
+    row = rows[(method, "0.5", "finetuned")]
+    reported = float(result.stdout.rsplit("test accuracy ", 1)[1])
+    assert abs(reported - float(row["test_accuracy"])) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "unit", "--k", "0.3"], "k=0.3 is not in this run"),
+        (["--method", "weight:obd", "--k", "0.5"], "'weight:obd' is not in this run"),
+    ],
+)
+def test_export_of_something_not_in_the_run_is_a_clear_error(tiny_run, tmp_path, args, message):
+    out, _ = tiny_run
+    result = run("export", str(out), *args, "-o", str(tmp_path / "x"))
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,21 @@ def test_study_writes_config_tables_base_model_and_figures(finished):
     assert "dense test accuracy" in summary_table(result)
 
 
+def test_rows_carry_size_and_speed_of_the_deployable_form(finished):
+    _, out = finished
+    rows = {(r["method"], float(r["k"]), r["phase"]): r for r in read_csv(out / "results.csv")}
+    dense_params = 784 * 48 + 48 + 48 * 24 + 24 + 24 * 10 + 10
+    assert int(rows[("weight", 0.0, "finetuned")]["params"]) == dense_params
+    weight = rows[("weight", 0.9, "finetuned")]
+    pruned = round(0.9 * 784 * 48) + round(0.9 * 48 * 24)
+    assert int(weight["params"]) == dense_params - pruned
+    assert int(weight["bytes_sparse"]) < int(weight["bytes_dense"]) / 4
+    unit = rows[("unit", 0.9, "oneshot")]
+    assert float(unit["latency_ms_b256"]) > 0 and float(unit["latency_ms_b1"]) > 0
+    for cell in (out / "cells").glob("*.json"):
+        assert cell.with_suffix(".safetensors").exists()
+
+
 def test_measured_sparsity_equals_k_and_masks_held_through_finetuning(finished):
     _, out = finished
     for row in read_csv(out / "results.csv"):
@@ -87,7 +102,8 @@ def test_results_are_reproducible_from_the_seed(finished, tiny_data_dir, tmp_pat
     config = tiny_config(methods=("unit",), ks=(0.5,))
     again = run_study(config, RunOptions(out=tmp_path, data_dir=tiny_data_dir, device="cpu"))
     expected = [r for r in result.results if r["method"] == "unit" and r["k"] == 0.5]
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    timings = {"seconds", "latency_ms_b1", "latency_ms_b256"}
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timings} for r in rows]  # noqa: E731
     assert strip(again.results) == strip(expected)
 
 

@@ -7,10 +7,21 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from prunelab.data import DATASETS, DataError
 from prunelab.models import MODELS, ModelConfig
 from prunelab.prune.method import CRITERION_NAMES, SCOPES, STRUCTURES, PruneMethod
-from prunelab.study import RECIPES, RunOptions, StudyConfig, quick, run_study, summary_table
+from prunelab.study import (
+    EXPORT_FORMS,
+    RECIPES,
+    RunOptions,
+    StudyConfig,
+    export_cell,
+    quick,
+    run_study,
+    summary_table,
+)
 from prunelab.train import fast_cpu_math
 
 
@@ -143,6 +154,41 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write the pruned model of one (method, k) of a study to a file",
+        description=(
+            "Export the fine-tuned model of one method and k of a finished study: 'sparse' "
+            "keeps only non-zero weights (CSR, uint8 column gaps, safetensors); 'compact' "
+            "removes pruned units and stores a smaller dense model. The file is reloaded "
+            "and its size, parameter count and test accuracy printed."
+        ),
+    )
+    p.add_argument("run_dir", type=Path, help="the study's run directory")
+    p.add_argument("--method", required=True, help="a method of the study, e.g. unit or weight:obs")
+    p.add_argument("--k", type=float, required=True, help="a k of the study")
+    p.add_argument("--format", dest="form", default="sparse", choices=EXPORT_FORMS,
+                   help="sparse (default) or compact")  # fmt: skip
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
+                   help="how values are stored (default: float32)")  # fmt: skip
+    p.add_argument("-o", "--output", type=Path, required=True, help="file to write")
+    p.add_argument("--data-dir", type=Path, help="folder of the dataset's IDX files")
+
+
+def export(args: argparse.Namespace) -> int:
+    dtype = torch.float16 if args.dtype == "float16" else torch.float32
+    result = export_cell(
+        args.run_dir, args.method, args.k, args.form, args.output, dtype=dtype,
+        data_dir=args.data_dir,
+    )  # fmt: skip
+    print(
+        f"{result.path}: {result.bytes:,} bytes, {result.params:,} non-zero parameters, "
+        f"test accuracy {result.test_accuracy:.4f}"
+    )
+    return 0
+
+
 def build_study_config(args: argparse.Namespace) -> StudyConfig:
     config = RECIPES[args.recipe]
     if args.quick:
@@ -206,10 +252,11 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_study(sub)
+    _add_export(sub)
     return p
 
 
-COMMANDS = {"study": study}
+COMMANDS = {"study": study, "export": export}
 
 
 def main(argv: list[str] | None = None) -> int:

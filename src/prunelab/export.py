@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,14 +76,21 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def save_sparse(
-    model: nn.Module, config: ModelConfig, path: str | Path, dtype: torch.dtype = torch.float32
+    model: nn.Module,
+    config: ModelConfig,
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    sparse: bool = True,
 ) -> int:
-    """Write ``model`` (built from ``config``) keeping only non-zero weights; return bytes."""
+    """Write ``model`` (built from ``config``) keeping only non-zero weights; return bytes.
+
+    With ``sparse=False`` every tensor is stored whole (for compacted models).
+    """
     if dtype not in (torch.float32, torch.float16):
         raise ValueError(f"values are stored as float32 or float16, not {dtype}")
     tensors, layout = {}, {}
     for name, param in model.state_dict().items():
-        if name.endswith("weight") and param.dim() >= 2:
+        if sparse and name.endswith("weight") and param.dim() >= 2:
             values, gaps, counts = _encode_rows(param)
             tensors[f"{name}.values"] = torch.from_numpy(values).to(dtype)
             tensors[f"{name}.gaps"] = torch.from_numpy(gaps)
@@ -135,3 +144,29 @@ def dense_bytes(model: nn.Module) -> int:
     return len(
         save({k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()})
     )
+
+
+def compacted_config(config: ModelConfig, compacted: nn.Module) -> ModelConfig:
+    """The built-in model configuration whose sizes are those of ``compacted``."""
+    weighted = [m for m in compacted.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return replace(config, hidden=tuple(m.weight.shape[0] for m in weighted[:-1]))
+
+
+class CSRLinear(nn.Module):
+    """A linear layer whose weight is a CSR sparse matrix: y = (W x^T)^T + b."""
+
+    def __init__(self, layer: nn.Linear):
+        super().__init__()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            self.weight = layer.weight.detach().to_sparse_csr()
+        self.bias = layer.bias.detach() if layer.bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sparse.mm(self.weight, x.T).T
+        return y + self.bias if self.bias is not None else y
+
+
+def to_csr(model: nn.Sequential) -> nn.Sequential:
+    """The same network with every linear layer's weight in torch's CSR format."""
+    return nn.Sequential(*(CSRLinear(m) if isinstance(m, nn.Linear) else m for m in model))

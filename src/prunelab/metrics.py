@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
 from torch import nn
 
@@ -42,3 +45,22 @@ def per_layer(layers: dict[str, nn.Module]) -> list[dict]:
             }
         )
     return rows
+
+
+@torch.inference_mode()
+def latency_ms(model: nn.Module, example: torch.Tensor, batch: int, repeats: int) -> float:
+    """Median milliseconds of one forward pass on a batch shaped like ``example``."""
+    x = example[:1].expand(batch, *example.shape[1:]).contiguous()
+    model.eval()
+    for _ in range(3):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def nonzero_parameters(model: nn.Module) -> int:
+    return sum(int((p != 0).sum()) for p in model.parameters())

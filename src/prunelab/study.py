@@ -17,12 +17,21 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from prunelab import plots
+from prunelab.compact import compact
 from prunelab.config import config_id, from_dict, to_json
 from prunelab.data import DATASETS, DataError, Dataset, Split, load_dataset
-from prunelab.metrics import per_layer, units_removed, weight_sparsity
+from prunelab.export import compacted_config, dense_bytes, load_sparse, save_sparse, to_csr
+from prunelab.metrics import (
+    latency_ms,
+    nonzero_parameters,
+    per_layer,
+    units_removed,
+    weight_sparsity,
+)
 from prunelab.models import ModelConfig, build_model, prunable_layers
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod, check_k, prune
@@ -34,6 +43,7 @@ DEFAULT_KS = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
 RESULT_COLUMNS = (
     "method", "structure", "criterion", "scope", "k", "phase", "sparsity", "units_removed",
     "test_accuracy", "test_loss", "val_accuracy", "val_loss", "seconds",
+    "params", "bytes_dense", "bytes_sparse", "latency_ms_b1", "latency_ms_b256",
 )  # fmt: skip
 LAYER_COLUMNS = (
     "method", "k", "layer", "weights", "sparsity", "units", "units_removed",
@@ -170,7 +180,9 @@ def run_study(config: StudyConfig, options: RunOptions | None = None) -> StudyRe
         if cell_path.exists():
             cell = json.loads(cell_path.read_text())
         else:
-            cell = _run_cell(config, base_state, method, k, data, device)
+            cell = _run_cell(
+                config, base_state, method, k, data, device, paths.cell_model(cell_path.stem)
+            )
             atomic_write_text(cell_path, json.dumps(cell, indent=1))
             oneshot, tuned = cell["results"]
             tqdm.write(
@@ -234,6 +246,7 @@ def _run_cell(
     k: float,
     data: Dataset,
     device: torch.device,
+    model_path: Path,
 ) -> dict:
     model = build_model(config.model, data.num_classes).to(device)
     model.load_state_dict(base_state)
@@ -261,6 +274,11 @@ def _run_cell(
         desc=f"fine-tune {method.name} k={k:g}",
     )
     tuned = _measure(model, layers, data, method, k, "finetuned", sum(r.seconds for r in history))
+    # size and speed of the deployable form: the pattern of zeros is the same before and
+    # after fine-tuning, so both rows carry the same figures
+    deploy = _deployment(model, config, method, data.test.x[:1], model_path)
+    oneshot.update(deploy)
+    tuned.update(deploy)
     epochs = [
         {"method": method.name, "k": k, "epoch": 0, "train_loss": math.nan,
          "train_accuracy": math.nan, "val_loss": oneshot["val_loss"],
@@ -272,6 +290,29 @@ def _run_cell(
         "results": [oneshot, tuned],
         "epochs": epochs,
         "layers": [{"method": method.name, "k": k, **row} for row in per_layer(layers)],
+    }
+
+
+def _deployment(
+    model: nn.Module, config: StudyConfig, method: PruneMethod, example: torch.Tensor,
+    model_path: Path,
+) -> dict:  # fmt: skip
+    """Store the pruned model sparse and time its deployable form: compacted for units,
+    the faster of dense and CSR sparse for weights."""
+    bytes_sparse = save_sparse(model, config.model, model_path)
+    if method.structure == "unit":
+        forms = [compact(model)]
+    else:
+        forms = [model, to_csr(model)] if example.device.type == "cpu" else [model]
+    latency = {
+        f"latency_ms_b{batch}": min(latency_ms(form, example, batch, repeats) for form in forms)
+        for batch, repeats in ((1, 100), (256, 10))
+    }
+    return {
+        "params": nonzero_parameters(model),
+        "bytes_dense": dense_bytes(model),
+        "bytes_sparse": bytes_sparse,
+        **latency,
     }
 
 
@@ -334,3 +375,62 @@ def summary_table(result: StudyResult) -> str:
             f" {phases['oneshot']['test_accuracy']:>9.4f} {tuned['test_accuracy']:>10.4f}"
         )
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    bytes: int
+    params: int
+    test_accuracy: float
+
+
+def export_cell(
+    run_dir: str | Path,
+    method: str,
+    k: float,
+    form: str,
+    out: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    data_dir: Path | None = None,
+) -> Exported:
+    """Export the fine-tuned model of one (method, k) of a finished study.
+
+    ``form`` "sparse" keeps only non-zero weights; "compact" removes pruned units
+    and stores a smaller dense model. The file is reloaded and evaluated on the
+    test set, so the accuracy reported is that of what was written.
+    """
+    if form not in EXPORT_FORMS:
+        raise ValueError(f"unknown format {form!r}; choose from {', '.join(EXPORT_FORMS)}")
+    paths = RunPaths(Path(run_dir))
+    if not paths.config.exists():
+        raise ValueError(f"{run_dir} is not a study run directory (it has no config.json)")
+    config = load_config(paths.config)
+    wanted = PruneMethod.parse(method)
+    names = [PruneMethod.parse(m).name for m in config.methods]
+    if wanted.name not in names:
+        raise ValueError(f"method {wanted.name!r} is not in this run; it has {', '.join(names)}")
+    stored_k = [x for x in config.ks if abs(x - k) < 1e-9]
+    if not stored_k:
+        raise ValueError(
+            f"k={k:g} is not in this run; it has {', '.join(f'{x:g}' for x in config.ks)}"
+        )
+    model_path = paths.cell_model(config.cell_id(wanted, stored_k[0]))
+    if not model_path.exists():
+        raise ValueError(f"{wanted.name} at k={k:g} has not finished; rerun the study to finish it")
+    model, model_config = load_sparse(model_path)
+    if form == "sparse":
+        size = save_sparse(model, model_config, out, dtype)
+    else:
+        small = compact(model)
+        size = save_sparse(small, compacted_config(model_config, small), out, dtype, sparse=False)
+    reloaded, _ = load_sparse(out)
+    data = load_dataset(
+        config.dataset, data_dir=data_dir, val_size=config.val_size, train_limit=config.train_limit
+    )
+    accuracy = evaluate(reloaded, data.test).accuracy
+    return Exported(Path(out), size, nonzero_parameters(reloaded), accuracy)
+
+
+EXPORT_FORMS = ("sparse", "compact")
