@@ -1,4 +1,5 @@
 import csv
+import importlib.util
 import subprocess
 import sys
 
@@ -37,7 +38,14 @@ def test_study_smoke_run_of_the_real_cli(tiny_run):
     assert (out / "figures" / "accuracy_vs_k.svg").exists()
 
 
-@pytest.mark.parametrize("method, form", [("unit", "compact"), ("weight", "sparse")])
+ONNX = pytest.param(
+    "unit", "onnx",
+    marks=pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
+                             reason="the onnx extra is not installed"),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("method, form", [("unit", "compact"), ("weight", "sparse"), ONNX])
 def test_export_writes_a_file_that_reproduces_the_test_accuracy(
     tiny_run, tiny_data_dir, tmp_path, method, form
 ):

@@ -1,3 +1,5 @@
+import importlib.util
+
 import pytest
 import torch
 
@@ -64,3 +66,21 @@ def test_truncated_or_tampered_files_are_refused(tmp_path):
         load_sparse(tmp_path / "bad.safetensors")
     with pytest.raises(ExportError, match="not a readable"):
         load_sparse(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None, reason="the onnx extra is not installed"
+)
+def test_onnx_export_of_a_compacted_cnn_runs_in_onnxruntime_with_any_batch(tmp_path):
+    from prunelab.compact import compact
+    from prunelab.export import OnnxModel, save_onnx
+
+    model = build_model(ModelConfig(name="lenet5"), seed=0)
+    prune(model, PruneMethod("unit"), 0.5)
+    small = compact(model)
+    x = torch.rand(7, 1, 28, 28)
+    assert save_onnx(small, tmp_path / "m.onnx", x) > 0
+    with torch.no_grad():
+        torch.testing.assert_close(
+            OnnxModel(tmp_path / "m.onnx")(x), small(x), atol=1e-5, rtol=1e-5
+        )

@@ -161,7 +161,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         description=(
             "Export the fine-tuned model of one method and k of a finished study: 'sparse' "
             "keeps only non-zero weights (CSR, uint8 column gaps, safetensors); 'compact' "
-            "removes pruned units and stores a smaller dense model. The file is reloaded "
+            "removes pruned units and stores a smaller dense model; 'onnx' writes the "
+            "compacted model as ONNX (needs prunelab[onnx]). The file is reloaded "
             "and its size, parameter count and test accuracy printed."
         ),
     )
@@ -169,7 +170,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", required=True, help="a method of the study, e.g. unit or weight:obs")
     p.add_argument("--k", type=float, required=True, help="a k of the study")
     p.add_argument("--format", dest="form", default="sparse", choices=EXPORT_FORMS,
-                   help="sparse (default) or compact")  # fmt: skip
+                   help="sparse (default), compact or onnx")  # fmt: skip
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
                    help="how values are stored (default: float32)")  # fmt: skip
     p.add_argument("-o", "--output", type=Path, required=True, help="file to write")

@@ -24,7 +24,15 @@ from prunelab import plots
 from prunelab.compact import compact
 from prunelab.config import config_id, from_dict, to_json
 from prunelab.data import DATASETS, DataError, Dataset, Split, load_dataset
-from prunelab.export import compacted_config, dense_bytes, load_sparse, save_sparse, to_csr
+from prunelab.export import (
+    OnnxModel,
+    compacted_config,
+    dense_bytes,
+    load_sparse,
+    save_onnx,
+    save_sparse,
+    to_csr,
+)
 from prunelab.metrics import (
     latency_ms,
     nonzero_parameters,
@@ -398,8 +406,9 @@ def export_cell(
     """Export the fine-tuned model of one (method, k) of a finished study.
 
     ``form`` "sparse" keeps only non-zero weights; "compact" removes pruned units
-    and stores a smaller dense model. The file is reloaded and evaluated on the
-    test set, so the accuracy reported is that of what was written.
+    and stores a smaller dense model; "onnx" writes the compacted model as ONNX
+    (run by onnxruntime). The file is reloaded and evaluated on the test set, so
+    the accuracy reported is that of what was written.
     """
     if form not in EXPORT_FORMS:
         raise ValueError(f"unknown format {form!r}; choose from {', '.join(EXPORT_FORMS)}")
@@ -420,17 +429,25 @@ def export_cell(
     if not model_path.exists():
         raise ValueError(f"{wanted.name} at k={k:g} has not finished; rerun the study to finish it")
     model, model_config = load_sparse(model_path)
-    if form == "sparse":
-        size = save_sparse(model, model_config, out, dtype)
-    else:
-        small = compact(model)
-        size = save_sparse(small, compacted_config(model_config, small), out, dtype, sparse=False)
-    reloaded, _ = load_sparse(out)
     data = load_dataset(
         config.dataset, data_dir=data_dir, val_size=config.val_size, train_limit=config.train_limit
     )
+    if form == "sparse":
+        size = save_sparse(model, model_config, out, dtype)
+        reloaded, _ = load_sparse(out)
+    elif form == "compact":
+        small = compact(model)
+        size = save_sparse(small, compacted_config(model_config, small), out, dtype, sparse=False)
+        reloaded, _ = load_sparse(out)
+    else:
+        small = compact(model)
+        size = save_onnx(small, out, data.test.x[:1])
+        reloaded = OnnxModel(out)
+        params = nonzero_parameters(small)
     accuracy = evaluate(reloaded, data.test).accuracy
-    return Exported(Path(out), size, nonzero_parameters(reloaded), accuracy)
+    if form != "onnx":
+        params = nonzero_parameters(reloaded)
+    return Exported(Path(out), size, params, accuracy)
 
 
-EXPORT_FORMS = ("sparse", "compact")
+EXPORT_FORMS = ("sparse", "compact", "onnx")
