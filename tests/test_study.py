@@ -37,7 +37,14 @@ def test_study_writes_config_tables_base_model_and_figures(finished):
     result, out = finished
     assert (out / "config.json").exists()
     assert (out / "base" / f"{tiny_config().base_id()}.safetensors").exists()
-    for name in ("accuracy_vs_k", "loss_vs_k", "epochs_weight", "epochs_unit"):
+    for name in (
+        "accuracy_vs_k",
+        "loss_vs_k",
+        "size_vs_k",
+        "latency_vs_k",
+        "epochs_weight",
+        "epochs_unit",
+    ):
         for suffix in (".png", ".svg"):
             assert (out / "figures" / f"{name}{suffix}").stat().st_size > 1000
     rows = read_csv(out / "results.csv")

@@ -86,9 +86,43 @@ def accuracy_per_epoch(epochs: list[dict], method: str, stem: Path) -> list[Path
     return _save(fig, stem)
 
 
+def deployment_vs_k(results: list[dict], columns: dict[str, str], title: str, stem: Path):
+    """One panel per column (log scale) of the fine-tuned rows against k, per method."""
+    rows = [r for r in results if r["phase"] == "finetuned" and r.get(next(iter(columns)))]
+    if not rows:
+        return []
+    fig = Figure(figsize=(5 * len(columns), 4))
+    axes = fig.subplots(1, len(columns), squeeze=False)[0]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for ax, (column, label) in zip(axes, columns.items(), strict=True):
+        for i, method in enumerate(methods):
+            points = sorted((r["k"], float(r[column])) for r in rows if r["method"] == method)
+            ax.plot([100 * k for k, _ in points], [v for _, v in points], "-o",
+                    color=f"C{i}", label=method)  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_xlabel("k (%)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend()
+    fig.suptitle(title)
+    return _save(fig, stem)
+
+
 def study_figures(results: list[dict], epochs: list[dict], dense: dict, folder: Path) -> list[Path]:
     written = metric_vs_k(results, dense, "accuracy", folder / "accuracy_vs_k")
     written += metric_vs_k(results, dense, "loss", folder / "loss_vs_k")
+    written += deployment_vs_k(
+        results,
+        {"params": "non-zero parameters", "bytes_sparse": "bytes, sparse file"},
+        "Size after pruning",
+        folder / "size_vs_k",
+    )
+    written += deployment_vs_k(
+        results,
+        {"latency_ms_b1": "ms per forward, batch 1", "latency_ms_b256": "ms, batch 256"},
+        "Latency of the deployable form (units: compacted; weights: dense or CSR)",
+        folder / "latency_vs_k",
+    )
     for method in dict.fromkeys(row["method"] for row in results):
         safe = method.replace(":", "-").replace("@", "-")
         written += accuracy_per_epoch(epochs, method, folder / f"epochs_{safe}")
