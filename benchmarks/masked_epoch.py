@@ -18,6 +18,7 @@ import time
 import torch
 import torch.nn.utils.prune as torch_prune
 
+from prunelab.compact import compact
 from prunelab.data import load_dataset
 from prunelab.models import ModelConfig, build_model, prunable_layers
 from prunelab.prune import PruneMethod, prune
@@ -44,10 +45,16 @@ def torch_nn_utils_prune(model):
     return None
 
 
+def compacted_unit(model):
+    prune(model, PruneMethod("unit"), K)
+    return compact(model), None
+
+
 VARIANTS = {
     "dense": dense,
     "prunelab masks, weight k=0.9": prunelab_weight,
     "prunelab masks, unit k=0.9": prunelab_unit,
+    "unit k=0.9, compacted (what the study does)": compacted_unit,
     "torch.nn.utils.prune, weight k=0.9": torch_nn_utils_prune,
 }
 
@@ -67,6 +74,8 @@ def main() -> None:
             setup = VARIANTS[name]
             model = build_model(ModelConfig(), seed=0)
             after_step = setup(model)
+            if isinstance(after_step, tuple):  # a replacement model, no masks to hold
+                model, after_step = after_step
             start = time.perf_counter()
             train(model, data.train, data.val, config, seed=0, after_step=after_step)
             times[name].append(time.perf_counter() - start)

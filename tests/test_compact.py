@@ -75,3 +75,25 @@ def test_weight_pruned_model_keeps_units_with_any_weight_left():
     small = compact(model)
     assert parameter_count(small) == parameter_count(model)
     assert len(prunable_layers(small)) == 2
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet5"])
+def test_finetuning_compacted_matches_finetuning_masked(tiny_data_dir, name):
+    from prunelab.compact import compact_with_indices, expand_
+    from prunelab.data import load_dataset
+    from prunelab.train import TrainConfig, train
+
+    ds = load_dataset("mnist", data_dir=tiny_data_dir, val_size=100, train_limit=256)
+    hidden = (48, 24) if name == "mlp" else None
+    masked = build_model(ModelConfig(name=name, hidden=hidden), seed=0)
+    masks = prune(masked, PruneMethod("unit"), 0.5)
+    compacted_full = build_model(ModelConfig(name=name, hidden=hidden))
+    compacted_full.load_state_dict(masked.state_dict())
+    config = TrainConfig(epochs=2, batch_size=32, lr=1e-3)
+
+    train(masked, ds.train, ds.val, config, seed=3, after_step=masks.holder(masked))
+    small, kept = compact_with_indices(compacted_full)
+    train(small, ds.train, ds.val, config, seed=3)
+    expand_(compacted_full, small, kept)
+    for key, value in masked.state_dict().items():
+        torch.testing.assert_close(compacted_full.state_dict()[key], value, atol=1e-5, rtol=1e-4)

@@ -83,7 +83,16 @@ def compact(model: nn.Module) -> nn.Sequential:
     Linear/Conv2d layer but the last (whose outputs are the model's outputs), with
     the inputs of the following layer that read them. ``model`` is not changed.
     """
+    return compact_with_indices(model)[0]
+
+
+Kept = list[tuple[int, torch.Tensor, torch.Tensor | None]]  # (position, rows, columns)
+
+
+def compact_with_indices(model: nn.Module) -> tuple[nn.Sequential, Kept]:
+    """``compact``, and for each weighted layer the rows and columns it kept."""
     modules = _check(model)
+    kept: Kept = []
     weighted = [i for i, m in enumerate(modules) if isinstance(m, (nn.Linear, nn.Conv2d))]
     last = weighted[-1]
     out: list[nn.Module] = []
@@ -114,8 +123,23 @@ def compact(model: nn.Module) -> nn.Sequential:
                 alive[0] = True
             keep_out = alive.nonzero().flatten()
         out.append(_shrunk(module, keep_out, columns))
+        kept.append((i, keep_out, columns))
         keep_in, units_before = keep_out.cpu(), module.weight.shape[0]
-    return nn.Sequential(*out)
+    return nn.Sequential(*out), kept
+
+
+@torch.no_grad()
+def expand_(model: nn.Module, compacted: nn.Module, kept: Kept) -> None:
+    """Write the weights of ``compacted`` back into ``model`` at the kept positions
+    (the inverse of ``compact_with_indices``); removed units stay zero."""
+    for i, rows, columns in kept:
+        full, small = model[i], compacted[i]
+        if columns is None:
+            full.weight[rows] = small.weight
+        else:
+            full.weight[rows[:, None], columns.to(rows.device)[None, :]] = small.weight
+        if full.bias is not None:
+            full.bias[rows] = small.bias
 
 
 def parameter_count(model: nn.Module) -> int:

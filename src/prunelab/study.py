@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunelab import plots
-from prunelab.compact import compact
+from prunelab.compact import CompactionError, compact, compact_with_indices, expand_
 from prunelab.config import config_id, from_dict, to_json
 from prunelab.data import DATASETS, DataError, Dataset, Split, load_dataset
 from prunelab.export import (
@@ -272,15 +272,7 @@ def _run_cell(
     )
     layers = prunable_layers(model, include_last=config.prune_last)
     oneshot = _measure(model, layers, data, method, k, "oneshot", time.perf_counter() - start)
-    history = train(
-        model,
-        data.train,
-        data.val,
-        config.finetune,
-        seed=config.seed,
-        after_step=masks.holder(model),
-        desc=f"fine-tune {method.name} k={k:g}",
-    )
+    history = _finetune(model, masks, method, config, data)
     tuned = _measure(model, layers, data, method, k, "finetuned", sum(r.seconds for r in history))
     # size and speed of the deployable form: the pattern of zeros is the same before and
     # after fine-tuning, so both rows carry the same figures
@@ -299,6 +291,26 @@ def _run_cell(
         "epochs": epochs,
         "layers": [{"method": method.name, "k": k, **row} for row in per_layer(layers)],
     }
+
+
+def _finetune(model: nn.Module, masks, method: PruneMethod, config: StudyConfig, data: Dataset):
+    """Fine-tune with the masks held. A unit-pruned chain is fine-tuned compacted: its
+    removed units carry no signal and get no gradient, so the smaller network trains
+    exactly as the masked one does, at a fraction of the cost; its weights are then
+    written back into the full-size model."""
+    desc = f"fine-tune {method.name}"
+    if method.structure == "unit":
+        try:
+            small, kept = compact_with_indices(model)
+        except CompactionError:
+            small = None
+        if small is not None:
+            history = train(small, data.train, data.val, config.finetune, seed=config.seed,
+                            desc=desc)  # fmt: skip
+            expand_(model, small, kept)
+            return history
+    return train(model, data.train, data.val, config.finetune, seed=config.seed,
+                 after_step=masks.holder(model), desc=desc)  # fmt: skip
 
 
 def _deployment(
