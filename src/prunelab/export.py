@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -203,11 +204,17 @@ def save_onnx(model: nn.Module, path: str | Path, example: torch.Tensor) -> int:
     tmp = path.with_name(f".{path.name}.tmp")
     batch = torch.export.Dim("batch")
     example = example[:1].expand(2, *example.shape[1:]).contiguous().cpu()
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model.cpu().eval(), (example,), str(tmp), dynamo=True,
-            dynamic_shapes=({0: batch},), external_data=False,
-        )  # fmt: skip
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)  # it logs every torchvision operator it skips
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model.cpu().eval(), (example,), str(tmp), dynamo=True,
+                dynamic_shapes=({0: batch},), external_data=False,
+            )  # fmt: skip
+    finally:
+        onnx_log.setLevel(level)
     tmp.replace(path)
     return path.stat().st_size
