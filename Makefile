@@ -29,6 +29,9 @@ test: lint
 bench: install
 	$(BIN)/python benchmarks/masked_epoch.py
 	$(BIN)/python benchmarks/study_time.py
+	$(BIN)/python benchmarks/inference.py
+	$(BIN)/python benchmarks/recipes.py
+	$(BIN)/python benchmarks/criteria.py
 
 clean:
 	rm -rf $(VENV) runs
