@@ -12,30 +12,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
-from torch import nn
 
 from prunelab.compact import compact
 from prunelab.export import to_csr
+from prunelab.metrics import latency_ms
 from prunelab.models import ModelConfig, build_model
 from prunelab.prune import PruneMethod, prune
 from prunelab.train import fast_cpu_math
-
-
-@torch.inference_mode()
-def latency_ms(model: nn.Module, batch: int, repeats: int) -> float:
-    x = torch.rand(batch, 1, 28, 28)
-    for _ in range(5):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def main() -> None:
@@ -44,6 +29,7 @@ def main() -> None:
     parser.add_argument("--ks", default="0.5,0.9,0.95,0.99")
     args = parser.parse_args()
     dense = build_model(ModelConfig(), seed=0).eval()
+    example = torch.rand(1, 1, 28, 28)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median forward time")
     print("| k | batch | dense (ms) | masked | unit, compacted | weight, CSR sparse |")
     print("|---:|---:|---:|---:|---:|---:|")
@@ -55,8 +41,8 @@ def main() -> None:
         prune(weight, PruneMethod("weight"), k)
         sparse = to_csr(weight).eval()
         for batch, repeats in ((1, 300), (256, 40)):
-            base = latency_ms(dense, batch, repeats)
-            cells = [latency_ms(m, batch, repeats) for m in (weight, compacted, sparse)]
+            base = latency_ms(dense, example, batch, repeats)
+            cells = [latency_ms(m, example, batch, repeats) for m in (weight, compacted, sparse)]
             ratios = " | ".join(f"{t:.3f} ms ({base / t:.1f}x)" for t in cells)
             print(f"| {k:g} | {batch} | {base:.3f} | {ratios} |")
 
