@@ -173,9 +173,18 @@ class CSRLinear(nn.Module):
         return y + self.bias if self.bias is not None else y
 
 
-def to_csr(model: nn.Sequential) -> nn.Sequential:
-    """The same network with every linear layer's weight in torch's CSR format."""
-    return nn.Sequential(*(CSRLinear(m) if isinstance(m, nn.Linear) else m for m in model))
+def to_csr(model: nn.Sequential, max_density: float = 0.5) -> nn.Sequential:
+    """The same network with each mostly-zero linear layer's weight in torch's CSR
+    format; denser layers (the dense logits layer, say) stay dense, where they are faster."""
+
+    def convert(module: nn.Module) -> nn.Module:
+        if isinstance(module, nn.Linear):
+            density = float((module.weight != 0).float().mean())
+            if density <= max_density:
+                return CSRLinear(module)
+        return module
+
+    return nn.Sequential(*(convert(m) for m in model))
 
 
 class OnnxModel(nn.Module):
