@@ -84,3 +84,17 @@ def test_onnx_export_of_a_compacted_cnn_runs_in_onnxruntime_with_any_batch(tmp_p
         torch.testing.assert_close(
             OnnxModel(tmp_path / "m.onnx")(x), small(x), atol=1e-5, rtol=1e-5
         )
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_csr_form_computes_what_the_pruned_model_computes(batch):
+    from prunelab.export import CSRLinear, to_csr
+
+    model = build_model(ModelConfig(hidden=(64, 32)), seed=0)
+    prune(model, PruneMethod("weight"), 0.9)
+    sparse = to_csr(model)
+    kinds = [type(m) for m in sparse if isinstance(m, (CSRLinear, torch.nn.Linear))]
+    assert kinds == [CSRLinear, CSRLinear, torch.nn.Linear]  # the dense logits layer stays dense
+    x = torch.rand(batch, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), model(x), atol=1e-5, rtol=1e-5)
