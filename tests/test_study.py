@@ -1,6 +1,7 @@
 import csv
 
 import pytest
+import torch
 
 from prunelab import study as study_module
 from prunelab.models import ModelConfig
@@ -143,3 +144,15 @@ def test_calibration_changes_only_the_cells_that_use_data():
     assert a.cell_id(PruneMethod("weight"), 0.5) == b.cell_id(PruneMethod("weight"), 0.5)
     obd = PruneMethod("weight", "obd")
     assert a.cell_id(obd, 0.5) != b.cell_id(obd, 0.5)
+
+
+def test_device_names_are_checked():
+    from prunelab.study import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="choose from auto, cpu, cuda"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")

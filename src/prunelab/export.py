@@ -28,7 +28,7 @@ from torch import nn
 
 from prunelab.config import from_dict, to_dict
 from prunelab.models import ModelConfig, build_model
-from prunelab.storage import atomic_write_bytes
+from prunelab.storage import atomic_write_bytes, state_dict_bytes
 
 FORMAT = "prunelab-sparse-1"
 MAX_GAP = 255  # uint8
@@ -143,10 +143,8 @@ def load_sparse(path: str | Path) -> tuple[nn.Module, ModelConfig]:
 
 
 def dense_bytes(model: nn.Module) -> int:
-    """Size of the model's float32 state dict as safetensors."""
-    return len(
-        save({k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()})
-    )
+    """Size of the model's (float32) state dict as safetensors."""
+    return len(state_dict_bytes(model))
 
 
 def compacted_config(config: ModelConfig, compacted: nn.Module) -> ModelConfig:

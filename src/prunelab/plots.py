@@ -86,7 +86,9 @@ def accuracy_per_epoch(epochs: list[dict], method: str, stem: Path) -> list[Path
     return _save(fig, stem)
 
 
-def deployment_vs_k(results: list[dict], columns: dict[str, str], title: str, stem: Path):
+def deployment_vs_k(
+    results: list[dict], columns: dict[str, str], title: str, stem: Path
+) -> list[Path]:
     """One panel per column (log scale) of the fine-tuned rows against k, per method."""
     rows = [r for r in results if r["phase"] == "finetuned" and r.get(next(iter(columns)))]
     if not rows:

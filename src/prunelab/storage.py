@@ -31,10 +31,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def state_dict_bytes(model: nn.Module) -> bytes:
+    """``model``'s state dict serialised as safetensors."""
+    return save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+
+
 def save_state_dict(model: nn.Module, path: str | Path) -> None:
     """Save ``model``'s state dict as safetensors, atomically."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, save(tensors))
+    atomic_write_bytes(path, state_dict_bytes(model))
 
 
 def load_state_dict(model: nn.Module, path: str | Path) -> nn.Module:

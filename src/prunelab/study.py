@@ -303,8 +303,8 @@ def _finetune(model: nn.Module, masks, method: PruneMethod, config: StudyConfig,
         try:
             small, kept = compact_with_indices(model)
         except CompactionError:
-            small = None
-        if small is not None:
+            pass  # not a plain chain of layers: hold the masks instead
+        else:
             history = train(small, data.train, data.val, config.finetune, seed=config.seed,
                             desc=desc)  # fmt: skip
             expand_(model, small, kept)
@@ -446,20 +446,19 @@ def export_cell(
     )
     if form == "sparse":
         size = save_sparse(model, model_config, out, dtype)
-        reloaded, _ = load_sparse(out)
+        written, _ = load_sparse(out)
+        runner = written
     elif form == "compact":
         small = compact(model)
         size = save_sparse(small, compacted_config(model_config, small), out, dtype, sparse=False)
-        reloaded, _ = load_sparse(out)
+        written, _ = load_sparse(out)
+        runner = written
     else:
-        small = compact(model)
-        size = save_onnx(small, out, data.test.x[:1])
-        reloaded = OnnxModel(out)
-        params = nonzero_parameters(small)
-    accuracy = evaluate(reloaded, data.test).accuracy
-    if form != "onnx":
-        params = nonzero_parameters(reloaded)
-    return Exported(Path(out), size, params, accuracy)
+        written = compact(model)
+        size = save_onnx(written, out, data.test.x[:1])
+        runner = OnnxModel(out)
+    accuracy = evaluate(runner, data.test).accuracy
+    return Exported(Path(out), size, nonzero_parameters(written), accuracy)
 
 
 EXPORT_FORMS = ("sparse", "compact", "onnx")

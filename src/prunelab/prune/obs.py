@@ -84,7 +84,9 @@ def _solve_rows(
     return new, inv_diag
 
 
-def obs_rows(w: torch.Tensor, h: torch.Tensor, remove: int, rounds: int = 1):
+def obs_rows(
+    w: torch.Tensor, h: torch.Tensor, remove: int, rounds: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune ``remove`` weights from every row of ``w`` [rows, d] by (greedy) OBS.
 
     Returns the corrected weights and the keep mask.
