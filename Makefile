@@ -27,6 +27,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 bench: install
+	$(BIN)/python benchmarks/cpu_tricks.py
 	$(BIN)/python benchmarks/masked_epoch.py
 	$(BIN)/python benchmarks/study_time.py
 	$(BIN)/python benchmarks/inference.py

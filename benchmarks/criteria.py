@@ -27,13 +27,14 @@ def main() -> None:
     parser.add_argument("--criteria", default=",".join(CRITERION_NAMES))
     parser.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"),
                         help="of the dense model's training")  # fmt: skip
+    parser.add_argument("--calibration", type=int, default=1024, help="calibration images")
     parser.add_argument("--out", type=Path, default=Path("runs/criteria"))
     args = parser.parse_args()
     criteria = args.criteria.split(",")
     methods = [f"{args.structure}:{c}" for c in criteria]
     methods += [f"{args.structure}:{c}@global" for c in criteria if c not in SOLVERS]
     ks = tuple(float(k) for k in args.ks.split(","))
-    config = StudyConfig(methods=tuple(methods), ks=ks)
+    config = StudyConfig(methods=tuple(methods), ks=ks, calibration_size=args.calibration)
     config = replace(config, train=replace(config.train, lr_schedule=args.lr_schedule))
     result = run_study(config, RunOptions(out=args.out))
     rows = {(r["method"], r["k"], r["phase"]): r for r in result.results}

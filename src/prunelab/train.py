@@ -33,9 +33,9 @@ def fast_cpu_math() -> None:
     """Treat denormal floats as zero, for this process.
 
     As training converges, gradients and Adam's moment estimates drift into the
-    denormal range, where CPU arithmetic is many times slower: on the seed's MLP an
-    epoch grows from 3.9 s to 6.6 s without this and stays at 3.9 s with it, at the
-    same accuracy. Call it before torch first computes in parallel: threads copy
+    denormal range, where CPU arithmetic is many times slower: on the seed's MLP
+    epochs slow by half without this, at the same accuracy (measured by
+    ``benchmarks/cpu_tricks.py``). Call it before torch first computes in parallel: threads copy
     the setting when they start, and torch starts its thread pool on first use.
     """
     torch.set_flush_denormal(True)

@@ -69,8 +69,9 @@ class Masks(Mapping[str, torch.Tensor]):
 
         The parameter/mask pairs are resolved once. Multiplying by a 0/1 mask of the
         parameter's dtype is about five times faster on CPU than ``masked_fill_``
-        with a bool mask, and a unit mask is multiplied as one flag per row; this
-        runs after every step, so its cost is the cost of holding masks.
+        with a bool mask (``benchmarks/cpu_tricks.py``), and a unit mask is multiplied
+        as one flag per row; this runs after every step, so its cost is the cost of
+        holding masks.
         """
         params = dict(model.named_parameters())
         self._check(params)
