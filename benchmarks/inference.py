@@ -5,13 +5,14 @@ pruned at each k by units (then compacted: a smaller dense network) and by
 weights (then stored as torch CSR sparse matrices). The masked forms cost what
 the dense model costs, since their zeros still take part in dense products.
 
-    python benchmarks/inference.py [--ks 0.5,0.9,0.95,0.99]
+    python benchmarks/inference.py [--ks 0.5,0.9,0.95,0.99] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 
 import torch
 
@@ -27,6 +28,7 @@ def main() -> None:
     fast_cpu_math()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ks", default="0.5,0.9,0.95,0.99")
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     dense = build_model(ModelConfig(), seed=0).eval()
     example = torch.rand(1, 1, 28, 28)
@@ -40,9 +42,14 @@ def main() -> None:
         weight = copy.deepcopy(dense)
         prune(weight, PruneMethod("weight"), k)
         sparse = to_csr(weight).eval()
-        for batch, repeats in ((1, 300), (256, 40)):
-            base = latency_ms(dense, example, batch, repeats)
-            cells = [latency_ms(m, example, batch, repeats) for m in (weight, compacted, sparse)]
+        forms = (dense, weight, compacted, sparse)
+        for batch, repeats in ((1, 400), (256, 40)):
+            # Rounds alternate the forms, so that a slow spell of the machine
+            # falls on all of them alike; each form's time is its median round.
+            rounds = [
+                [latency_ms(m, example, batch, repeats) for m in forms] for _ in range(args.rounds)
+            ]
+            base, *cells = (statistics.median(column) for column in zip(*rounds))
             ratios = " | ".join(f"{t:.3f} ms ({base / t:.1f}x)" for t in cells)
             print(f"| {k:g} | {batch} | {base:.3f} | {ratios} |")
 

@@ -49,16 +49,18 @@ def per_layer(layers: dict[str, nn.Module]) -> list[dict]:
 
 @torch.inference_mode()
 def latency_ms(model: nn.Module, example: torch.Tensor, batch: int, repeats: int) -> float:
-    """Median milliseconds of one forward pass on a batch shaped like ``example``."""
+    """Median milliseconds of one forward pass on a batch shaped like ``example``,
+    under ``torch.inference_mode`` as a deployed model runs."""
     x = example[:1].expand(batch, *example.shape[1:]).contiguous()
     model.eval()
-    for _ in range(3):
-        model(x)
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - start)
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
 
 
