@@ -62,11 +62,28 @@ def test_export_writes_a_file_that_reproduces_the_test_accuracy(
     assert abs(reported - float(row["test_accuracy"])) < 1e-4
 
 
+def test_export_with_a_codebook_is_smaller(tiny_run, tiny_data_dir, tmp_path):
+    out, _ = tiny_run
+    sizes = {}
+    for name, extra in (("plain", []), ("shared", ["--codebook", "4"])):
+        target = tmp_path / f"{name}.safetensors"
+        result = run("export", str(out), "--method", "weight", "--k", "0.5", "-o", str(target),
+                     "--data-dir", str(tiny_data_dir), *extra)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        sizes[name] = target.stat().st_size
+    assert sizes["shared"] < sizes["plain"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--method", "unit", "--k", "0.3"], "k=0.3 is not in this run"),
         (["--method", "weight:obd", "--k", "0.5"], "'weight:obd' is not in this run"),
+        (
+            ["--method", "unit", "--k", "0.5", "--format", "compact", "--codebook", "4"],
+            "sparse format only",
+        ),
+        (["--method", "weight", "--k", "0.5", "--codebook", "12"], "1 to 8 bits"),
     ],
 )
 def test_export_of_something_not_in_the_run_is_a_clear_error(tiny_run, tmp_path, args, message):

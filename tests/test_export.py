@@ -1,5 +1,6 @@
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 
@@ -8,6 +9,7 @@ from prunelab.export import (
     _decode_rows,
     _encode_rows,
     dense_bytes,
+    kmeans_1d,
     load_sparse,
     save_sparse,
 )
@@ -48,6 +50,40 @@ def test_sparse_float16_file_is_smaller_and_close(tmp_path):
     loaded, _ = load_sparse(tmp_path / "h.safetensors")
     x = torch.rand(8, 1, 28, 28)
     torch.testing.assert_close(loaded(x), model(x), atol=1e-2, rtol=1e-2)
+
+
+def test_kmeans_1d_reaches_a_lloyd_fixed_point():
+    values = np.random.default_rng(0).normal(size=2000)
+    centroids, assignment = kmeans_1d(values, 7)
+    # every value sits with its nearest centroid, and each centroid is its cluster's mean
+    nearest = np.abs(values[:, None] - centroids[None, :]).argmin(1)
+    assert np.array_equal(nearest, assignment)
+    for c, centroid in enumerate(centroids):
+        assert centroid == pytest.approx(values[assignment == c].mean(), abs=1e-5)
+    # Lloyd never does worse than its linear start
+    start = np.linspace(values.min(), values.max(), 7)
+    start_error = (np.abs(values[:, None] - start).min(1) ** 2).sum()
+    assert ((values - centroids[assignment]) ** 2).sum() < start_error
+
+
+def test_codebook_file_keeps_zeros_and_shares_values(tmp_path):
+    config = ModelConfig(hidden=(300, 100))
+    model = build_model(config, seed=0)
+    prune(model, PruneMethod("weight"), 0.95)
+    plain = save_sparse(model, config, tmp_path / "p.safetensors", dtype=torch.float16)
+    shared = save_sparse(model, config, tmp_path / "c.safetensors", codebook_bits=5)
+    assert shared < plain
+    loaded, _ = load_sparse(tmp_path / "c.safetensors")
+    for name, before in model.state_dict().items():
+        after = loaded.state_dict()[name]
+        if before.dim() == 2:
+            assert torch.equal(after != 0, before != 0), name  # the same weights pruned
+            assert len(after[after != 0].unique()) <= 31
+            assert (after - before).abs().max() < (before.max() - before.min()) / 31
+        else:
+            assert torch.equal(after, before), name
+    with pytest.raises(ValueError, match="1 to 8 bits"):
+        save_sparse(model, config, tmp_path / "x.safetensors", codebook_bits=9)
 
 
 def test_truncated_or_tampered_files_are_refused(tmp_path):

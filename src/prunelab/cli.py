@@ -173,6 +173,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="sparse (default), compact or onnx")  # fmt: skip
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
                    help="how values are stored (default: float32)")  # fmt: skip
+    p.add_argument("--codebook", type=int, metavar="BITS",
+                   help="sparse only: share each layer's values through a k-means codebook "
+                        "of 2**BITS - 1 values (1 to 8), as in Deep Compression")  # fmt: skip
     p.add_argument("-o", "--output", type=Path, required=True, help="file to write")
     p.add_argument("--data-dir", type=Path, help="folder of the dataset's IDX files")
 
@@ -181,7 +184,7 @@ def export(args: argparse.Namespace) -> int:
     dtype = torch.float16 if args.dtype == "float16" else torch.float32
     result = export_cell(
         args.run_dir, args.method, args.k, args.form, args.output, dtype=dtype,
-        data_dir=args.data_dir,
+        codebook_bits=args.codebook, data_dir=args.data_dir,
     )  # fmt: skip
     print(
         f"{result.path}: {result.bytes:,} bytes, {result.params:,} non-zero parameters, "

@@ -7,6 +7,11 @@ Compression), and the number of entries per row. Every other tensor is stored
 whole. The metadata holds the model's configuration, so ``load_sparse`` rebuilds
 an ordinary ``nn.Module``, and a SHA-256 of all tensors, so a damaged or edited
 file is refused rather than loaded with wrong weights.
+
+Optionally (``codebook_bits``) the values of each sparse weight are shared, as in
+Deep Compression: a 1-D k-means finds at most 2**bits - 1 centroids per layer,
+and each value is stored as a uint8 code into that layer's codebook (code 0 is
+the exact zero of the gap fillers).
 """
 
 from __future__ import annotations
@@ -55,6 +60,43 @@ def _encode_rows(weight: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return values.astype(np.float32), gaps.astype(np.uint8), counts.astype(np.int32)
 
 
+def kmeans_1d(
+    values: np.ndarray, clusters: int, iterations: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means on scalars, started from centroids spread linearly over the
+    values' range (Deep Compression found this start best for weights).
+
+    Returns (centroids, index of each value's centroid). Deterministic.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+    centroids = np.linspace(values.min(), values.max(), clusters)
+    assignment = None
+    for _ in range(iterations):
+        order = np.argsort(centroids)
+        centroids = centroids[order]
+        # nearest centroid in 1-D: compare with the midpoints between sorted centroids
+        new = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
+        if assignment is not None and np.array_equal(new, assignment):
+            break
+        assignment = new
+        sums = np.bincount(assignment, weights=values, minlength=clusters)
+        sizes = np.bincount(assignment, minlength=clusters)
+        filled = sizes > 0
+        centroids[filled] = sums[filled] / sizes[filled]  # an empty cluster keeps its centroid
+    return centroids.astype(np.float32), assignment
+
+
+def _share_values(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(codebook, uint8 codes) for one layer's stored values; fillers keep code 0 (zero)."""
+    real = values != 0
+    centroids, assignment = kmeans_1d(values[real], 2**bits - 1)
+    codes = np.zeros(len(values), dtype=np.uint8)
+    codes[real] = assignment + 1
+    return np.r_[np.float32(0), centroids], codes
+
+
 def _decode_rows(values, gaps, counts, shape) -> torch.Tensor:
     rows, width = shape[0], int(np.prod(shape[1:]))
     matrix = np.zeros((rows, width), dtype=np.float32)
@@ -84,18 +126,27 @@ def save_sparse(
     path: str | Path,
     dtype: torch.dtype = torch.float32,
     sparse: bool = True,
+    codebook_bits: int | None = None,
 ) -> int:
     """Write ``model`` (built from ``config``) keeping only non-zero weights; return bytes.
 
     With ``sparse=False`` every tensor is stored whole (for compacted models).
+    With ``codebook_bits`` the sparse weights' values share a per-layer codebook.
     """
     if dtype not in (torch.float32, torch.float16):
         raise ValueError(f"values are stored as float32 or float16, not {dtype}")
+    if codebook_bits is not None and not (1 <= codebook_bits <= 8 and sparse):
+        raise ValueError("a codebook needs sparse storage and 1 to 8 bits per value")
     tensors, layout = {}, {}
     for name, param in model.state_dict().items():
         if sparse and name.endswith("weight") and param.dim() >= 2:
             values, gaps, counts = _encode_rows(param)
-            tensors[f"{name}.values"] = torch.from_numpy(values).to(dtype)
+            if codebook_bits is None:
+                tensors[f"{name}.values"] = torch.from_numpy(values).to(dtype)
+            else:
+                codebook, codes = _share_values(values, codebook_bits)
+                tensors[f"{name}.codebook"] = torch.from_numpy(codebook).to(dtype)
+                tensors[f"{name}.codes"] = torch.from_numpy(codes)
             tensors[f"{name}.gaps"] = torch.from_numpy(gaps)
             tensors[f"{name}.counts"] = torch.from_numpy(counts)
             layout[name] = list(param.shape)
@@ -129,14 +180,21 @@ def load_sparse(path: str | Path) -> tuple[nn.Module, ModelConfig]:
     model = build_model(config)
     state = {}
     for name, shape in json.loads(metadata["sparse"]).items():
+        if f"{name}.codes" in tensors:
+            codebook, codes = tensors[f"{name}.codebook"].float(), tensors[f"{name}.codes"].long()
+            if codes.numel() and int(codes.max()) >= len(codebook):
+                raise ExportError(f"{path}: a code of {name} falls outside its codebook")
+            values = codebook[codes]
+        else:
+            values = tensors[f"{name}.values"].float()
         state[name] = _decode_rows(
-            tensors[f"{name}.values"].float().numpy(),
+            values.numpy(),
             tensors[f"{name}.gaps"].numpy(),
             tensors[f"{name}.counts"].numpy(),
             shape,
         )
     for name, tensor in tensors.items():
-        if not name.endswith((".values", ".gaps", ".counts")):
+        if not name.endswith((".values", ".gaps", ".counts", ".codebook", ".codes")):
             state[name] = tensor.float()
     model.load_state_dict(state)
     return model, config

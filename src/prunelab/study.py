@@ -413,6 +413,7 @@ def export_cell(
     out: str | Path,
     *,
     dtype: torch.dtype = torch.float32,
+    codebook_bits: int | None = None,
     data_dir: Path | None = None,
 ) -> Exported:
     """Export the fine-tuned model of one (method, k) of a finished study.
@@ -420,10 +421,13 @@ def export_cell(
     ``form`` "sparse" keeps only non-zero weights; "compact" removes pruned units
     and stores a smaller dense model; "onnx" writes the compacted model as ONNX
     (run by onnxruntime). The file is reloaded and evaluated on the test set, so
-    the accuracy reported is that of what was written.
+    the accuracy reported is that of what was written. ``codebook_bits`` shares
+    the sparse form's values through a per-layer k-means codebook.
     """
     if form not in EXPORT_FORMS:
         raise ValueError(f"unknown format {form!r}; choose from {', '.join(EXPORT_FORMS)}")
+    if codebook_bits is not None and form != "sparse":
+        raise ValueError("a codebook applies to the sparse format only")
     paths = RunPaths(Path(run_dir))
     if not paths.config.exists():
         raise ValueError(f"{run_dir} is not a study run directory (it has no config.json)")
@@ -445,7 +449,7 @@ def export_cell(
         config.dataset, data_dir=data_dir, val_size=config.val_size, train_limit=config.train_limit
     )
     if form == "sparse":
-        size = save_sparse(model, model_config, out, dtype)
+        size = save_sparse(model, model_config, out, dtype, codebook_bits=codebook_bits)
         written, _ = load_sparse(out)
         runner = written
     elif form == "compact":
