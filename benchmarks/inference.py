@@ -49,7 +49,7 @@ def main() -> None:
             rounds = [
                 [latency_ms(m, example, batch, repeats) for m in forms] for _ in range(args.rounds)
             ]
-            base, *cells = (statistics.median(column) for column in zip(*rounds))
+            base, *cells = (statistics.median(column) for column in zip(*rounds, strict=True))
             ratios = " | ".join(f"{t:.3f} ms ({base / t:.1f}x)" for t in cells)
             print(f"| {k:g} | {batch} | {base:.3f} | {ratios} |")
 
