@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,13 @@ from prunelab.idx import write_idx
 from prunelab.train import fast_cpu_math
 
 fast_cpu_math()  # as the command line does, before torch starts its threads
+
+PRUNELAB = [sys.executable, "-m", "prunelab.cli"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    """The real command line, in a subprocess."""
+    return subprocess.run([*PRUNELAB, *args], capture_output=True, text=True, timeout=300)
 
 
 def make_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -41,3 +50,15 @@ def tiny_data_dir(tmp_path_factory) -> Path:
 def isolated_cache(tmp_path, monkeypatch):
     """No test reads or writes the user's dataset cache."""
     monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data_dir, tmp_path_factory):
+    """One small study through the real command line, shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = run(
+        "study", "--data-dir", str(tiny_data_dir), "--val-size", "100", "--hidden", "32,16",
+        "--epochs", "2", "--finetune-epochs", "1", "--ks", "0,0.5,0.9", "--out", str(out),
+        "--device", "cpu",
+    )  # fmt: skip
+    return out, result

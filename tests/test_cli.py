@@ -1,32 +1,17 @@
 import csv
 import importlib.util
-import subprocess
-import sys
 
 import pytest
 
-PRUNELAB = [sys.executable, "-m", "prunelab.cli"]
+from .conftest import run
 
 
-def run(*args, **kwargs):
-    return subprocess.run([*PRUNELAB, *args], capture_output=True, text=True, timeout=300, **kwargs)
-
-
-@pytest.mark.parametrize("argv", [["--help"], ["study", "--help"], ["export", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["study", "--help"], ["export", "--help"], ["report", "--help"]]
+)
 def test_every_command_has_help(argv):
     result = run(*argv)
     assert result.returncode == 0 and "usage: prunelab" in result.stdout
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "run"
-    result = run(
-        "study", "--data-dir", str(tiny_data_dir), "--val-size", "100", "--hidden", "32,16",
-        "--epochs", "2", "--finetune-epochs", "1", "--ks", "0,0.5,0.9", "--out", str(out),
-        "--device", "cpu",
-    )  # fmt: skip
-    return out, result
 
 
 def test_study_smoke_run_of_the_real_cli(tiny_run):
@@ -36,6 +21,7 @@ def test_study_smoke_run_of_the_real_cli(tiny_run):
     with open(out / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 12
     assert (out / "figures" / "accuracy_vs_k.svg").exists()
+    assert (out / "report.html").exists() and (out / "report.md").exists()
 
 
 ONNX = pytest.param(

@@ -12,6 +12,7 @@ import torch
 from prunelab.data import DATASETS, DataError
 from prunelab.models import MODELS, ModelConfig
 from prunelab.prune.method import CRITERION_NAMES, SCOPES, STRUCTURES, PruneMethod
+from prunelab.report import write_report
 from prunelab.study import (
     EXPORT_FORMS,
     RECIPES,
@@ -244,8 +245,29 @@ def study(args: argparse.Namespace) -> int:
         out=args.out, data_dir=args.data_dir, device=args.device, download=not args.no_download
     )
     result = run_study(config, options)
+    html_path, _ = write_report(result.paths.root)
     print(summary_table(result))
-    print(f"results: {result.paths.results}\nfigures: {result.paths.figures}")
+    print(f"results: {result.paths.results}\nfigures: {result.paths.figures}\nreport: {html_path}")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write a study's report.html and report.md",
+        description=(
+            "Write RUN_DIR/report.html (one self-contained file, figures embedded) and "
+            "RUN_DIR/report.md from a study's run directory: its configuration, the largest "
+            "k per method within 1 point of dense accuracy, the figures and the results "
+            "table. prunelab study writes both at the end of every run."
+        ),
+    )
+    p.add_argument("run_dir", type=Path, help="the study's run directory")
+
+
+def report(args: argparse.Namespace) -> int:
+    html_path, md_path = write_report(args.run_dir)
+    print(f"{html_path}\n{md_path}")
     return 0
 
 
@@ -257,10 +279,11 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_study(sub)
     _add_export(sub)
+    _add_report(sub)
     return p
 
 
-COMMANDS = {"study": study, "export": export}
+COMMANDS = {"study": study, "export": export, "report": report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,10 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, fsync it, then rename it into place."""
     path = Path(path)
@@ -20,6 +24,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

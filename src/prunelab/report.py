@@ -1,0 +1,329 @@
+"""A study's results as one page a reader can send on: ``report.html`` (self-contained,
+figures embedded as data URIs, nothing fetched) and ``report.md`` (figures linked).
+
+Everything shown is read back from the run directory (``config.json``,
+``results.csv``, the dense model's record, ``figures/``), so the page says what
+the files say.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from prunelab.paths import RunPaths
+from prunelab.prune import PruneMethod
+from prunelab.storage import atomic_write_text
+from prunelab.study import StudyConfig, load_config
+
+TOLERANCE = 0.01  # the answer: largest k whose fine-tuned accuracy is within 1 point of dense
+
+STRUCTURE_TEXT = {
+    "weight": "single weights are set to zero (the layers keep their shape)",
+    "unit": "whole neurons are removed: a hidden unit's incoming weights and bias "
+    "(a channel's filter, for convolutions), so the layers become narrower",
+}
+CRITERION_TEXT = {
+    "magnitude": "by magnitude: the smallest |w| (for units, the smallest L2 norm of "
+    "their incoming weights)",
+    "random": "at random (a control)",
+    "lamp": "by layer-adaptive magnitude score (LAMP, Lee et al. 2021)",
+    "obd": "by Optimal Brain Damage saliency ½·h·w², h the diagonal of the loss's "
+    "Gauss-Newton Hessian (LeCun et al. 1990)",
+    "fisher": "by ½·F·w², F the diagonal empirical Fisher information",
+    "taylor": "by first-order Taylor saliency |g·w| (Molchanov et al. 2017)",
+    "obs": "by Optimal Brain Surgeon, layer by layer: each removal also updates the "
+    "remaining weights to preserve the layer's outputs (Hassibi and Stork 1993)",
+    "obc": "by Optimal Brain Compression: OBS removals in several greedy rounds "
+    "(Frantar and Alistarh 2022)",
+}
+SCOPE_TEXT = {
+    "layer": "each prunable layer loses the fraction k",
+    "global": "one ranking across all layers",
+}
+
+RESULT_COLUMNS = (
+    ("method", "method"),
+    ("k", "k"),
+    ("phase", "phase"),
+    ("sparsity", "weights zero"),
+    ("units_removed", "units removed"),
+    ("test_accuracy", "test accuracy"),
+    ("test_loss", "test loss"),
+    ("val_accuracy", "val accuracy"),
+    ("params", "non-zero params"),
+    ("bytes_sparse", "sparse file (bytes)"),
+    ("latency_ms_b1", "ms, batch 1"),
+    ("latency_ms_b256", "ms, batch 256"),
+)
+PERCENT = {"sparsity", "units_removed", "test_accuracy", "val_accuracy"}
+
+
+@dataclass(frozen=True)
+class FigureEntry:
+    title: str
+    caption: str
+    path: Path
+
+
+@dataclass
+class Report:
+    title: str
+    what: list[str]
+    answers: list[str]
+    config: list[tuple[str, str]]
+    figures: list[FigureEntry]
+    columns: list[tuple[str, str]]
+    rows: list[dict]
+
+
+def read_results(path: Path) -> list[dict]:
+    """``results.csv`` with numbers as numbers (empty cells stay empty strings)."""
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key not in ("method", "structure", "criterion", "scope", "phase") and value:
+                    row[key] = float(value)
+            rows.append(row)
+    return rows
+
+
+def format_value(column: str, value) -> str:
+    if value == "" or value is None:
+        return ""
+    if column in PERCENT:
+        return f"{100 * value:.2f}%"
+    if column == "k":
+        return f"{value:g}"
+    if column in ("params", "bytes_sparse"):
+        return f"{int(value):,}"
+    if column.startswith("latency"):
+        return f"{value:.3f}"
+    if column == "test_loss":
+        return f"{value:.4f}"
+    return str(value)
+
+
+def largest_k_within(rows: list[dict], dense_accuracy: float, tolerance: float = TOLERANCE):
+    """The largest k of the grid up to which every fine-tuned accuracy stays within
+    ``tolerance`` of dense, with its row; (None, None) if even the smallest k does not."""
+    best = (None, None)
+    for row in sorted(rows, key=lambda r: r["k"]):
+        if row["test_accuracy"] < dense_accuracy - tolerance:
+            break
+        best = (row["k"], row)
+    return best
+
+
+def answer(method: str, rows: list[dict], dense: dict) -> str:
+    """One sentence: how much ``method`` removes within 1 point of dense accuracy."""
+    parsed = PruneMethod.parse(method)
+    what = "hidden units" if parsed.structure == "unit" else "weights"
+    tuned = [r for r in rows if r["method"] == method and r["phase"] == "finetuned"]
+    oneshot = [r for r in rows if r["method"] == method and r["phase"] == "oneshot"]
+    dense_text = f"{100 * dense['test_accuracy']:.2f}% dense"
+    k, row = largest_k_within(tuned, dense["test_accuracy"])
+    if k is None:
+        smallest = min(tuned, key=lambda r: r["k"])
+        return (
+            f"{method}: no k of the grid stays within {100 * TOLERANCE:g} point of dense; "
+            f"at the smallest, k = {smallest['k']:g}, test accuracy is "
+            f"{100 * smallest['test_accuracy']:.2f}% vs {dense_text}."
+        )
+    k_oneshot, _ = largest_k_within(oneshot, dense["test_accuracy"])
+    without = (
+        f"without fine-tuning, up to {100 * k_oneshot:g}%"
+        if k_oneshot is not None
+        else "without fine-tuning, none of the grid"
+    )
+    return (
+        f"{method}: up to {100 * k:g}% of the {what} can be removed, with test accuracy "
+        f"{100 * row['test_accuracy']:.2f}% vs {dense_text} after fine-tuning ({without})."
+    )
+
+
+def _describe_methods(config: StudyConfig) -> list[str]:
+    lines = []
+    for name in config.methods:
+        method = PruneMethod.parse(name)
+        lines.append(
+            f"{method.name}: {STRUCTURE_TEXT[method.structure]}, chosen "
+            f"{CRITERION_TEXT[method.criterion]}; {SCOPE_TEXT[method.scope]}."
+        )
+    return lines
+
+
+def _describe_config(config: StudyConfig, dense: dict) -> list[tuple[str, str]]:
+    model = config.model
+    sizes = ", ".join(str(size) for size in model.sizes)
+    train, tune = config.train, config.finetune
+    data = config.dataset + (
+        f", first {config.train_limit:,} training images" if config.train_limit else ""
+    )
+    return [
+        ("dataset", f"{data}; {config.val_size:,} held out for validation; the official test set"),
+        ("model", f"{model.name}, hidden sizes {sizes}"),
+        (
+            "dense training",
+            f"{train.optimizer}, lr {train.lr:g} ({train.lr_schedule}), batch {train.batch_size}, "
+            f"{train.epochs} epochs",
+        ),
+        (
+            "dense model",
+            f"test accuracy {100 * dense['test_accuracy']:.2f}%, loss {dense['test_loss']:.4f}",
+        ),
+        (
+            "fine-tuning",
+            f"{tune.optimizer}, lr {tune.lr:g} ({tune.lr_schedule}), {tune.epochs} epoch(s), "
+            "pruned entries held at zero",
+        ),
+        ("methods", ", ".join(config.methods)),
+        ("k (fraction pruned)", ", ".join(f"{k:g}" for k in config.ks)),
+        ("logits layer", "pruned too" if config.prune_last else "kept dense"),
+        ("seed", str(config.seed)),
+    ]
+
+
+def _figures(folder: Path, methods: list[str]) -> list[FigureEntry]:
+    entries = [
+        FigureEntry("Accuracy vs k", "Test accuracy of each method against the fraction "
+                    "pruned, right after pruning (dashed) and after fine-tuning (solid); "
+                    "the dotted line is the dense model.", folder / "accuracy_vs_k.png"),
+        FigureEntry("Loss vs k", "Test cross-entropy, same lines (log scale).",
+                    folder / "loss_vs_k.png"),
+        FigureEntry("Size vs k", "Non-zero parameters and bytes of the sparse file, "
+                    "after fine-tuning.", folder / "size_vs_k.png"),
+        FigureEntry("Latency vs k", "Forward time of the deployable form: the compacted "
+                    "network for units, the faster of dense and CSR sparse for weights.",
+                    folder / "latency_vs_k.png"),
+    ]  # fmt: skip
+    for method in methods:
+        safe = method.replace(":", "-").replace("@", "-")
+        entries.append(
+            FigureEntry(
+                f"Fine-tuning: {method}",
+                "Validation accuracy per fine-tuning epoch, one line per k "
+                "(epoch 0 is the network just pruned).",
+                folder / f"epochs_{safe}.png",
+            )
+        )
+    return [entry for entry in entries if entry.path.exists()]
+
+
+def build_report(run_dir: str | Path) -> Report:
+    paths = RunPaths(Path(run_dir))
+    if not paths.config.exists() or not paths.results.exists():
+        raise ValueError(f"{run_dir} holds no finished study (no config.json or results.csv)")
+    config = load_config(paths.config)
+    dense = json.loads(paths.base_record(config.base_id()).read_text())
+    rows = read_results(paths.results)
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    present = {key for row in rows for key, value in row.items() if value != ""}
+    return Report(
+        title=f"Pruning {config.model.name} on {config.dataset}",
+        what=_describe_methods(config),
+        answers=[answer(method, rows, dense) for method in methods],
+        config=_describe_config(config, dense),
+        figures=_figures(paths.figures, methods),
+        columns=[(key, label) for key, label in RESULT_COLUMNS if key in present],
+        rows=rows,
+    )
+
+
+INTRO = (
+    "How much of a trained network can be removed before its accuracy suffers? "
+    "The dense network was trained once; each method then pruned a copy of it at "
+    "every k (the fraction of weights, or of hidden units, removed), the copy was "
+    "evaluated on the test set, fine-tuned with the pruned entries held at zero, "
+    "and evaluated again."
+)
+ANSWER_RULE = (
+    "The answer per method is the largest k of the grid up to which fine-tuned test "
+    "accuracy stays within 1 point of the dense model's."
+)
+
+
+def to_markdown(report: Report, root: Path) -> str:
+    out = [f"# {report.title}", "", INTRO, "", "## The answer", "", ANSWER_RULE, ""]
+    out += [f"- {line}" for line in report.answers]
+    out += ["", "## What was pruned, and how", ""] + [f"- {line}" for line in report.what]
+    out += ["", "## Configuration", "", "| setting | value |", "|---|---|"]
+    out += [f"| {key} | {value} |" for key, value in report.config]
+    out += ["", "## Figures", ""]
+    for figure in report.figures:
+        link = figure.path.relative_to(root).as_posix()
+        out += [f"### {figure.title}", "", figure.caption, "", f"![{figure.title}]({link})", ""]
+    out += ["## Results", "", "From `results.csv`.", ""]
+    out.append("| " + " | ".join(label for _, label in report.columns) + " |")
+    out.append("|" + "---|" * len(report.columns))
+    for row in report.rows:
+        out.append(
+            "| " + " | ".join(format_value(key, row[key]) for key, _ in report.columns) + " |"
+        )
+    return "\n".join(out) + "\n"
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
+       color: #222; line-height: 1.45; }
+table { border-collapse: collapse; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: right; }
+th { background: #f3f3f3; }
+td:first-child, th:first-child { text-align: left; }
+figure { margin: 1.5rem 0; }
+figure img { max-width: 100%; }
+figcaption { color: #555; font-size: 0.9rem; }
+.answer { background: #eef6ee; padding: 0.5rem 1rem; border-left: 4px solid #4a4; }
+"""
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def to_html(report: Report) -> str:
+    e = html.escape
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(report.title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{e(report.title)}</h1>",
+        f"<p>{e(INTRO)}</p>",
+        "<h2>The answer</h2>",
+        f"<p>{e(ANSWER_RULE)}</p>",
+        '<ul class="answer">' + "".join(f"<li>{e(line)}</li>" for line in report.answers) + "</ul>",
+        "<h2>What was pruned, and how</h2>",
+        "<ul>" + "".join(f"<li>{e(line)}</li>" for line in report.what) + "</ul>",
+        "<h2>Configuration</h2>",
+        '<table id="config">'
+        + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in report.config)
+        + "</table>",
+        "<h2>Figures</h2>",
+    ]
+    for figure in report.figures:
+        out.append(
+            f'<figure><h3>{e(figure.title)}</h3><img src="{_data_uri(figure.path)}" '
+            f'alt="{e(figure.title)}"><figcaption>{e(figure.caption)}</figcaption></figure>'
+        )
+    out += ["<h2>Results</h2>", "<p>From <code>results.csv</code>.</p>", '<table id="results">']
+    out.append("<tr>" + "".join(f"<th>{e(label)}</th>" for _, label in report.columns) + "</tr>")
+    for row in report.rows:
+        cells = "".join(f"<td>{e(format_value(key, row[key]))}</td>" for key, _ in report.columns)
+        out.append(f"<tr>{cells}</tr>")
+    out += ["</table>", "</body></html>"]
+    return "\n".join(out) + "\n"
+
+
+def write_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` into ``run_dir``; return their paths."""
+    root = Path(run_dir)
+    report = build_report(root)
+    html_path, md_path = root / "report.html", root / "report.md"
+    atomic_write_text(html_path, to_html(report))
+    atomic_write_text(md_path, to_markdown(report, root))
+    return html_path, md_path
