@@ -41,4 +41,4 @@ docs: study
 	mkdir -p docs/images
 	cp runs/study/figures/accuracy_vs_k.png docs/images/
 	@echo "The answer for the README (from runs/study/report.md):"
-	@grep '^- ' runs/study/report.md | head -n 20
+	@sed -n '/^## The answer/,/^## What was/p' runs/study/report.md | grep '^- '

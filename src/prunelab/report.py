@@ -274,7 +274,7 @@ body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; 
 table { border-collapse: collapse; font-size: 0.9rem; }
 th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: right; }
 th { background: #f3f3f3; }
-td:first-child, th:first-child { text-align: left; }
+td:first-child, th:first-child, #config td { text-align: left; }
 figure { margin: 1.5rem 0; }
 figure img { max-width: 100%; }
 figcaption { color: #555; font-size: 0.9rem; }
