@@ -9,7 +9,6 @@ from pathlib import Path
 from safetensors.torch import load_file, save
 from torch import nn
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
