@@ -13,6 +13,7 @@ from prunelab.data import DATASETS, DataError
 from prunelab.models import MODELS, ModelConfig
 from prunelab.prune.method import CRITERION_NAMES, SCOPES, STRUCTURES, PruneMethod
 from prunelab.report import write_report
+from prunelab.schedules import SCHEDULES, Schedule
 from prunelab.study import (
     EXPORT_FORMS,
     RECIPES,
@@ -122,6 +123,27 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         help="peak fine-tuning learning rate (default: the recipe's; fast: 1e-3, cosine to zero)",
     )
     p.add_argument(
+        "--finetune-lr-schedule", choices=("cosine", "constant"),
+        help="learning-rate schedule of fine-tuning (default: cosine)",
+    )  # fmt: skip
+    p.add_argument(
+        "--schedule", default="oneshot", choices=SCHEDULES,
+        help="how k is reached: oneshot (prune, then fine-tune), iterative (ROUNDS rounds of "
+        "prune and fine-tune, geometric steps), gradual (prune while fine-tuning along "
+        "Zhu and Gupta's cubic schedule; give it several --finetune-epochs), lottery "
+        "(iterative pruning, rewinding survivors to an early iteration and retraining with "
+        "the dense recipe; adds a random-reinit control) (default: oneshot)",
+    )  # fmt: skip
+    p.add_argument(
+        "--rounds", type=int, default=Schedule().rounds,
+        help="rounds of the iterative and lottery schedules (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--seeds", type=int, default=1,
+        help="repeat every cell, base model included, over this many seeds; tables give "
+        "mean and std, figures a band (default: 1)",
+    )  # fmt: skip
+    p.add_argument(
         "--val-size",
         type=int,
         default=5000,
@@ -217,6 +239,8 @@ def build_study_config(args: argparse.Namespace) -> StudyConfig:
         finetune = replace(finetune, epochs=args.finetune_epochs)
     if args.finetune_lr is not None:
         finetune = replace(finetune, lr=args.finetune_lr)
+    if args.finetune_lr_schedule is not None:
+        finetune = replace(finetune, lr_schedule=args.finetune_lr_schedule)
     return replace(
         config,
         dataset=args.dataset,
@@ -235,7 +259,9 @@ def build_study_config(args: argparse.Namespace) -> StudyConfig:
         ks=args.ks,
         prune_last=args.prune_last,
         calibration_size=args.calibration,
+        schedule=Schedule(args.schedule, rounds=args.rounds),
         seed=args.seed,
+        seeds=args.seeds,
     )
 
 

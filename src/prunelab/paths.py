@@ -27,6 +27,11 @@ class RunPaths:
         return self.root / "layers.csv"
 
     @property
+    def summary(self) -> Path:
+        """Mean and standard deviation over seeds per (method, k, phase)."""
+        return self.root / "summary.csv"
+
+    @property
     def figures(self) -> Path:
         return self.root / "figures"
 
@@ -35,6 +40,10 @@ class RunPaths:
 
     def base_record(self, base_id: str) -> Path:
         return self.root / "base" / f"{base_id}.json"
+
+    def rewind_model(self, base_id: str, steps: int) -> Path:
+        """The dense model ``steps`` optimizer steps into its training (lottery rewinding)."""
+        return self.root / "base" / f"{base_id}.step{steps}.safetensors"
 
     def cell(self, cell_id: str) -> Path:
         return self.root / "cells" / f"{cell_id}.json"

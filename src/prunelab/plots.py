@@ -6,13 +6,18 @@ leaves pyplot and its backend alone."""
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
 from matplotlib.figure import Figure
 
-PHASE_STYLE = {"oneshot": ("--", "one-shot"), "finetuned": ("-", "fine-tuned")}
+PHASE_STYLE = {
+    "oneshot": ("--", "one-shot"),
+    "finetuned": ("-", "fine-tuned"),
+    "reinit": (":", "same mask, random reinit"),
+}
 
 
 def _save(fig, stem: Path) -> list[Path]:
@@ -26,25 +31,26 @@ def _save(fig, stem: Path) -> list[Path]:
 
 
 def metric_vs_k(results: list[dict], dense: dict, metric: str, stem: Path) -> list[Path]:
-    """``metric`` ('accuracy' or 'loss') on the test set against k, every method on one axes."""
-    series: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    """``metric`` ('accuracy' or 'loss') on the test set against k, every method on one
+    axes. Over several seeds: the mean, and a band of one standard deviation."""
+    series: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in results:
-        series[(row["method"], row["phase"])].append((row["k"], row[f"test_{metric}"]))
+        series[(row["method"], row["phase"])][row["k"]].append(row[f"test_{metric}"])
     methods = list(dict.fromkeys(method for method, _ in series))
     colors = {m: f"C{i}" for i, m in enumerate(methods)}
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    for (method, phase), points in series.items():
-        points.sort()
+    for (method, phase), by_k in series.items():
+        ks = sorted(by_k)
+        means = [statistics.fmean(by_k[k]) for k in ks]
         style, label = PHASE_STYLE[phase]
-        ax.plot(
-            [100 * k for k, _ in points],
-            [v for _, v in points],
-            style,
-            marker="o",
-            color=colors[method],
-            label=f"{method}, {label}",
-        )
+        x = [100 * k for k in ks]
+        ax.plot(x, means, style, marker="o", color=colors[method], label=f"{method}, {label}")
+        if any(len(values) > 1 for values in by_k.values()):
+            spread = [statistics.stdev(by_k[k]) if len(by_k[k]) > 1 else 0.0 for k in ks]
+            low = [m - s for m, s in zip(means, spread, strict=True)]
+            high = [m + s for m, s in zip(means, spread, strict=True)]
+            ax.fill_between(x, low, high, color=colors[method], alpha=0.15, linewidth=0)
     ax.axhline(dense[f"test_{metric}"], color="grey", linestyle=":", label="dense")
     ax.set_xlabel("k: fraction of weights or units pruned (%)")
     ax.set_ylabel(f"test {metric}")
@@ -113,6 +119,10 @@ def deployment_vs_k(
 def study_figures(results: list[dict], epochs: list[dict], dense: dict, folder: Path) -> list[Path]:
     written = metric_vs_k(results, dense, "accuracy", folder / "accuracy_vs_k")
     written += metric_vs_k(results, dense, "loss", folder / "loss_vs_k")
+    # size, latency and epochs: the first seed's (the others would draw over it)
+    first = min(row["seed"] for row in results)
+    results = [row for row in results if row["seed"] == first]
+    epochs = [row for row in epochs if row["seed"] == first]
     written += deployment_vs_k(
         results,
         {"params": "non-zero parameters", "bytes_sparse": "bytes, sparse file"},

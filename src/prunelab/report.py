@@ -12,7 +12,7 @@ import base64
 import csv
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prunelab.paths import RunPaths
@@ -48,6 +48,8 @@ SCOPE_TEXT = {
 
 RESULT_COLUMNS = (
     ("method", "method"),
+    ("schedule", "schedule"),
+    ("seed", "seed"),
     ("k", "k"),
     ("phase", "phase"),
     ("sparsity", "weights zero"),
@@ -81,13 +83,16 @@ class Report:
     rows: list[dict]
 
 
+TEXT_COLUMNS = ("method", "structure", "criterion", "scope", "schedule", "phase")
+
+
 def read_results(path: Path) -> list[dict]:
     """``results.csv`` with numbers as numbers (empty cells stay empty strings)."""
     rows = []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             for key, value in row.items():
-                if key not in ("method", "structure", "criterion", "scope", "phase") and value:
+                if key not in TEXT_COLUMNS and value:
                     row[key] = float(value)
             rows.append(row)
     return rows
@@ -98,7 +103,7 @@ def format_value(column: str, value) -> str:
         return ""
     if column in PERCENT:
         return f"{100 * value:.2f}%"
-    if column == "k":
+    if column in ("k", "seed"):
         return f"{value:g}"
     if column in ("params", "bytes_sparse"):
         return f"{int(value):,}"
@@ -147,6 +152,17 @@ def answer(method: str, rows: list[dict], dense: dict) -> str:
     )
 
 
+def _seed_means(rows: list[dict]) -> list[dict]:
+    """Test accuracy per (method, phase, k), averaged over seeds."""
+    groups: dict[tuple, list[float]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["phase"], row["k"]), []).append(row["test_accuracy"])
+    return [
+        {"method": method, "phase": phase, "k": k, "test_accuracy": sum(v) / len(v)}
+        for (method, phase, k), v in groups.items()
+    ]
+
+
 def _describe_methods(config: StudyConfig) -> list[str]:
     lines = []
     for name in config.methods:
@@ -156,6 +172,23 @@ def _describe_methods(config: StudyConfig) -> list[str]:
             f"{CRITERION_TEXT[method.criterion]}; {SCOPE_TEXT[method.scope]}."
         )
     return lines
+
+
+SCHEDULE_TEXT = {
+    "oneshot": "one-shot: pruned once at k, then fine-tuned",
+    "iterative": "iterative: {rounds} rounds of pruning and fine-tuning, the kept fraction "
+    "shrinking by the same factor each round",
+    "gradual": "gradual: pruned during fine-tuning along Zhu and Gupta's cubic schedule over "
+    "the first {ramp:.0%} of the steps, masks updated every {every} steps",
+    "lottery": "lottery ticket: {rounds} rounds of pruning, each rewinding the survivors to "
+    "their values {rewind_steps} steps into dense training and retraining them with the "
+    "dense recipe; control: the final mask from a fresh random initialisation",
+}
+
+
+def _describe_schedule(config: StudyConfig) -> str:
+    schedule = config.schedule
+    return SCHEDULE_TEXT[schedule.name].format(**asdict(schedule))
 
 
 def _describe_config(config: StudyConfig, dense: dict) -> list[tuple[str, str]]:
@@ -182,10 +215,11 @@ def _describe_config(config: StudyConfig, dense: dict) -> list[tuple[str, str]]:
             f"{tune.optimizer}, lr {tune.lr:g} ({tune.lr_schedule}), {tune.epochs} epoch(s), "
             "pruned entries held at zero",
         ),
+        ("schedule", _describe_schedule(config)),
         ("methods", ", ".join(config.methods)),
         ("k (fraction pruned)", ", ".join(f"{k:g}" for k in config.ks)),
         ("logits layer", "pruned too" if config.prune_last else "kept dense"),
-        ("seed", str(config.seed)),
+        ("seeds", ", ".join(str(c.seed) for c in config.per_seed())),
     ]
 
 
@@ -227,7 +261,7 @@ def build_report(run_dir: str | Path) -> Report:
     return Report(
         title=f"Pruning {config.model.name} on {config.dataset}",
         what=_describe_methods(config),
-        answers=[answer(method, rows, dense) for method in methods],
+        answers=[answer(method, _seed_means(rows), dense) for method in methods],
         config=_describe_config(config, dense),
         figures=_figures(paths.figures, methods),
         columns=[(key, label) for key, label in RESULT_COLUMNS if key in present],
@@ -243,8 +277,9 @@ INTRO = (
     "and evaluated again."
 )
 ANSWER_RULE = (
-    "The answer per method is the largest k of the grid up to which fine-tuned test "
-    "accuracy stays within 1 point of the dense model's."
+    "The answer per method is the largest k of the grid up to which the final test "
+    "accuracy (after fine-tuning or the schedule; the mean over seeds where there are "
+    "several) stays within 1 point of the dense model's."
 )
 
 

@@ -8,12 +8,14 @@ rebuilt from the stored cells.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunelab import plots
-from prunelab.compact import CompactionError, compact, compact_with_indices, expand_
+from prunelab.compact import compact
 from prunelab.config import config_id, from_dict, to_json
 from prunelab.data import DATASETS, DataError, Dataset, Split, load_dataset
 from prunelab.export import (
@@ -43,21 +45,24 @@ from prunelab.metrics import (
 from prunelab.models import ModelConfig, build_model, prunable_layers
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod, check_k, prune
+from prunelab.schedules import Job, Outcome, Schedule, finetune, run_schedule
 from prunelab.storage import atomic_write_text, load_state_dict, save_state_dict
 from prunelab.train import TrainConfig, evaluate, train
 
 DEFAULT_KS = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
 
 RESULT_COLUMNS = (
-    "method", "structure", "criterion", "scope", "k", "phase", "sparsity", "units_removed",
+    "method", "structure", "criterion", "scope", "schedule", "seed", "k", "phase", "sparsity",
+    "units_removed",
     "test_accuracy", "test_loss", "val_accuracy", "val_loss", "seconds",
     "params", "bytes_dense", "bytes_sparse", "latency_ms_b1", "latency_ms_b256",
 )  # fmt: skip
 LAYER_COLUMNS = (
-    "method", "k", "layer", "weights", "sparsity", "units", "units_removed",
+    "method", "seed", "k", "layer", "weights", "sparsity", "units", "units_removed",
 )  # fmt: skip
 EPOCH_COLUMNS = (
-    "method", "k", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds",
+    "method", "seed", "k", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+    "seconds",
 )  # fmt: skip
 
 
@@ -82,7 +87,9 @@ class StudyConfig:
     ks: tuple[float, ...] = DEFAULT_KS
     prune_last: bool = False
     calibration_size: int = 1024  # training images the data-driven criteria look at
+    schedule: Schedule = field(default_factory=Schedule)
     seed: int = 0
+    seeds: int = 1  # every cell is repeated for seeds seed, seed + 1, ...
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -93,6 +100,8 @@ class StudyConfig:
             PruneMethod.parse(method)
         if self.train_limit is not None and self.train_limit < 1:
             raise ValueError(f"train_limit must be positive, got {self.train_limit}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
         if self.calibration_size < 1:
             raise ValueError(f"calibration_size must be positive, got {self.calibration_size}")
         for k in self.ks:
@@ -105,9 +114,14 @@ class StudyConfig:
 
     def cell_id(self, method: PruneMethod, k: float) -> str:
         calibration = self.calibration_size if method.needs_data else None
-        return config_id(
-            "cell", self.base_id(), asdict(method), k, self.finetune, self.prune_last, calibration
-        )
+        parts = [self.base_id(), asdict(method), k, self.finetune, self.prune_last, calibration]
+        if self.schedule.name != "oneshot":  # one-shot ids predate schedules
+            parts.append(asdict(self.schedule))
+        return config_id("cell", *parts)
+
+    def per_seed(self) -> list[StudyConfig]:
+        """One configuration per seed; each has its own base model and cells."""
+        return [replace(self, seed=self.seed + i, seeds=1) for i in range(self.seeds)]
 
 
 SEED_TRAINING = TrainConfig(
@@ -177,34 +191,52 @@ def run_study(config: StudyConfig, options: RunOptions | None = None) -> StudyRe
         ),
         device,
     )
-    base_state, dense = _base_model(config, data, paths, device)
     methods = [PruneMethod.parse(m) for m in config.methods]
-    cells = [(method, k) for method in methods for k in config.ks]
-    results, epochs, layers = [], [], []
+    seeded = config.per_seed()
+    cells = [(c, method, k) for c in seeded for method in methods for k in config.ks]
+    results, epochs, layers, bases = [], [], [], {}
+    after = "fine-tuned" if config.schedule.name == "oneshot" else config.schedule.name
     bar = tqdm(cells, desc="study", unit="cell", disable=None)
-    for method, k in bar:
-        bar.set_postfix_str(f"{method.name} k={k:g}")
-        cell_path = paths.cell(config.cell_id(method, k))
+    for cell_config, method, k in bar:
+        seed_text = f" seed {cell_config.seed}" if config.seeds > 1 else ""
+        bar.set_postfix_str(f"{method.name} k={k:g}{seed_text}")
+        if cell_config.seed not in bases:
+            bases[cell_config.seed] = _base_model(cell_config, data, paths, device)
+        base_state, rewind_state, _ = bases[cell_config.seed]
+        cell_path = paths.cell(cell_config.cell_id(method, k))
         if cell_path.exists():
-            cell = json.loads(cell_path.read_text())
+            cell = _with_defaults(json.loads(cell_path.read_text()), cell_config.seed)
         else:
             cell = _run_cell(
-                config, base_state, method, k, data, device, paths.cell_model(cell_path.stem)
-            )
+                cell_config, base_state, rewind_state, method, k, data, device,
+                paths.cell_model(cell_path.stem),
+            )  # fmt: skip
             atomic_write_text(cell_path, json.dumps(cell, indent=1))
-            oneshot, tuned = cell["results"]
+            oneshot, tuned = cell["results"][:2]
             tqdm.write(
-                f"{method.name:>8} k={k:<5g} test accuracy one-shot {oneshot['test_accuracy']:.4f}"
-                f" -> fine-tuned {tuned['test_accuracy']:.4f} ({tuned['seconds']:.1f} s)"
+                f"{method.name:>8} k={k:<5g}{seed_text} test accuracy one-shot "
+                f"{oneshot['test_accuracy']:.4f} -> {after} "
+                f"{tuned['test_accuracy']:.4f} ({tuned['seconds']:.1f} s)"
             )
         results += cell["results"]
         epochs += cell["epochs"]
         layers += cell["layers"]
+    dense = _mean_dense([bases[c.seed][2] for c in seeded])
     _write_csv(paths.results, RESULT_COLUMNS, results)
     _write_csv(paths.epochs, EPOCH_COLUMNS, epochs)
     _write_csv(paths.layers, LAYER_COLUMNS, layers)
+    _write_csv(paths.summary, SUMMARY_COLUMNS, summarize(results))
     figures = plots.study_figures(results, epochs, dense, paths.figures)
     return StudyResult(paths, dense, results, epochs, layers, figures)
+
+
+def _with_defaults(cell: dict, seed: int) -> dict:
+    """A stored cell, with the columns that cells stored before schedules and seeds lack."""
+    for row in cell["results"]:
+        row.setdefault("schedule", "oneshot")
+    for row in cell["results"] + cell["epochs"] + cell["layers"]:
+        row.setdefault("seed", seed)
+    return cell
 
 
 def _to_device(data: Dataset, device: torch.device) -> Dataset:
@@ -216,12 +248,19 @@ def _to_device(data: Dataset, device: torch.device) -> Dataset:
 
 def _base_model(
     config: StudyConfig, data: Dataset, paths: RunPaths, device: torch.device
-) -> tuple[dict, dict]:
-    """Train the dense model once; later runs with the same settings load it."""
+) -> tuple[dict, dict | None, dict]:
+    """Train the dense model once; later runs with the same settings load it.
+
+    Returns its state, the state ``rewind_steps`` into its training (lottery
+    schedule only; None otherwise) and its record.
+    """
     base_id = config.base_id()
     model = build_model(config.model, data.num_classes, seed=config.seed).to(device)
     weights, record = paths.base_model(base_id), paths.base_record(base_id)
-    if weights.exists() and record.exists():
+    lottery = config.schedule.name == "lottery"
+    rewind_path = paths.rewind_model(base_id, config.schedule.rewind_steps)
+    need_training = not (weights.exists() and record.exists())
+    if not need_training:
         try:
             load_state_dict(model, weights)
             dense = json.loads(record.read_text())
@@ -229,27 +268,63 @@ def _base_model(
             raise DataError(
                 f"cannot load the stored dense model {weights} ({err}); delete it to retrain"
             ) from err
-    else:
-        history = train(model, data.train, data.val, config.train, seed=config.seed, desc="dense")
-        test, val = evaluate(model, data.test), evaluate(model, data.val)
-        dense = {
-            "base_id": base_id,
-            "test_accuracy": test.accuracy,
-            "test_loss": test.loss,
-            "val_accuracy": val.accuracy,
-            "val_loss": val.loss,
-            "history": [asdict(r) for r in history],
-        }
-        save_state_dict(model, weights)
-        atomic_write_text(record, json.dumps(dense, indent=1))
-        tqdm.write(f"dense model: test accuracy {test.accuracy:.4f} (saved to {weights})")
+    if need_training or (lottery and not rewind_path.exists()):
+        # Training is deterministic from its seed: a rerun made only for a missing
+        # rewind snapshot retraces the stored model's path.
+        trainee = model
+        if not need_training:
+            trainee = build_model(config.model, data.num_classes, seed=config.seed).to(device)
+        snapshot = _Snapshot(config.schedule.rewind_steps, trainee)
+        history = train(trainee, data.train, data.val, config.train, seed=config.seed,
+                        after_step=snapshot, desc="dense")  # fmt: skip
+        save_state_dict(snapshot.model, rewind_path)
+        if need_training:
+            test, val = evaluate(model, data.test), evaluate(model, data.val)
+            dense = {
+                "base_id": base_id,
+                "test_accuracy": test.accuracy,
+                "test_loss": test.loss,
+                "val_accuracy": val.accuracy,
+                "val_loss": val.loss,
+                "history": [asdict(r) for r in history],
+            }
+            save_state_dict(model, weights)
+            atomic_write_text(record, json.dumps(dense, indent=1))
+            tqdm.write(f"dense model: test accuracy {test.accuracy:.4f} (saved to {weights})")
     state = {name: t.clone() for name, t in model.state_dict().items()}
-    return state, dense
+    rewind = None
+    if lottery:
+        rewound = build_model(config.model, data.num_classes).to(device)
+        load_state_dict(rewound, rewind_path)
+        rewind = rewound.state_dict()
+    return state, rewind, dense
+
+
+class _Snapshot:
+    """An ``after_step`` callback keeping a copy of the model after ``steps`` steps."""
+
+    def __init__(self, steps: int, model: nn.Module):
+        self.steps, self.taken = steps, 0
+        self.model = copy.deepcopy(model)  # step 0: the initial weights
+
+    def __call__(self, model: nn.Module) -> None:
+        self.taken += 1
+        if self.taken == self.steps:
+            self.model.load_state_dict(model.state_dict())
+
+
+def _mean_dense(records: list[dict]) -> dict:
+    """The dense figures averaged over seeds (the record itself for one seed)."""
+    if len(records) == 1:
+        return records[0]
+    keys = ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
+    return {key: sum(r[key] for r in records) / len(records) for key in keys}
 
 
 def _run_cell(
     config: StudyConfig,
     base_state: dict,
+    rewind_state: dict | None,
     method: PruneMethod,
     k: float,
     data: Dataset,
@@ -261,56 +336,42 @@ def _run_cell(
     batches = None
     if method.needs_data:
         batches = calibration_batches(data.train, config.calibration_size, config.seed)
+    job = Job(method, k, data, config.finetune, batches, config.prune_last, config.seed)
+    measure = partial(_measure, data=data, method=method, k=k, config=config)
     start = time.perf_counter()
-    masks = prune(
-        model,
-        method,
-        k,
-        batches=batches,
-        include_last=config.prune_last,
-        seed=config.seed,
-    )
-    layers = prunable_layers(model, include_last=config.prune_last)
-    oneshot = _measure(model, layers, data, method, k, "oneshot", time.perf_counter() - start)
-    history = _finetune(model, masks, method, config, data)
-    tuned = _measure(model, layers, data, method, k, "finetuned", sum(r.seconds for r in history))
-    # size and speed of the deployable form: the pattern of zeros is the same before and
-    # after fine-tuning, so both rows carry the same figures
+    masks = prune(model, method, k, batches=batches, include_last=config.prune_last,
+                  seed=config.seed)  # fmt: skip
+    oneshot = measure(model, "oneshot", time.perf_counter() - start)
+    start = time.perf_counter()
+    if config.schedule.name == "oneshot":
+        outcome = Outcome(finetune(model, masks, job, config.finetune, config.seed), masks)
+    else:
+        model.load_state_dict(base_state)
+        outcome = run_schedule(
+            config.schedule, model, job, rewind_state=rewind_state,
+            train_config=config.train, model_config=config.model,
+        )  # fmt: skip
+    rows = [oneshot, measure(model, "finetuned", time.perf_counter() - start)]
+    if outcome.control is not None:
+        rows.append(measure(outcome.control, "reinit", math.nan))
+    # size and speed of the deployable form: the same pattern of zeros in every row
     deploy = _deployment(model, config, method, data.test.x[:1], model_path)
-    oneshot.update(deploy)
-    tuned.update(deploy)
+    for row in rows:
+        row.update(deploy)
+    tag = {"method": method.name, "seed": config.seed, "k": k}
     epochs = [
-        {"method": method.name, "k": k, "epoch": 0, "train_loss": math.nan,
-         "train_accuracy": math.nan, "val_loss": oneshot["val_loss"],
-         "val_accuracy": oneshot["val_accuracy"], "seconds": 0.0}
-    ] + [{"method": method.name, "k": k, **asdict(r)} for r in history]  # fmt: skip
+        {**tag, "epoch": 0, "train_loss": math.nan, "train_accuracy": math.nan,
+         "val_loss": oneshot["val_loss"], "val_accuracy": oneshot["val_accuracy"],
+         "seconds": 0.0}
+    ] + [{**tag, **asdict(r)} for r in outcome.history]  # fmt: skip
+    layers = prunable_layers(model, include_last=config.prune_last)
     return {
         "method": method.name,
         "k": k,
-        "results": [oneshot, tuned],
+        "results": rows,
         "epochs": epochs,
-        "layers": [{"method": method.name, "k": k, **row} for row in per_layer(layers)],
+        "layers": [{**tag, **row} for row in per_layer(layers)],
     }
-
-
-def _finetune(model: nn.Module, masks, method: PruneMethod, config: StudyConfig, data: Dataset):
-    """Fine-tune with the masks held. A unit-pruned chain is fine-tuned compacted: its
-    removed units carry no signal and get no gradient, so the smaller network trains
-    exactly as the masked one does, at a fraction of the cost; its weights are then
-    written back into the full-size model."""
-    desc = f"fine-tune {method.name}"
-    if method.structure == "unit":
-        try:
-            small, kept = compact_with_indices(model)
-        except CompactionError:
-            pass  # not a plain chain of layers: hold the masks instead
-        else:
-            history = train(small, data.train, data.val, config.finetune, seed=config.seed,
-                            desc=desc)  # fmt: skip
-            expand_(model, small, kept)
-            return history
-    return train(model, data.train, data.val, config.finetune, seed=config.seed,
-                 after_step=masks.holder(model), desc=desc)  # fmt: skip
 
 
 def _deployment(
@@ -348,13 +409,19 @@ def calibration_batches(
     ]
 
 
-def _measure(model, layers, data: Dataset, method: PruneMethod, k: float, phase: str, seconds):
+def _measure(
+    model: nn.Module, phase: str, seconds: float, *, data: Dataset, method: PruneMethod,
+    k: float, config: StudyConfig,
+) -> dict:  # fmt: skip
+    layers = prunable_layers(model, include_last=config.prune_last)
     test, val = evaluate(model, data.test), evaluate(model, data.val)
     return {
         "method": method.name,
         "structure": method.structure,
         "criterion": method.criterion,
         "scope": method.scope,
+        "schedule": config.schedule.name,
+        "seed": config.seed,
         "k": k,
         "phase": phase,
         "sparsity": weight_sparsity(layers),
@@ -365,6 +432,42 @@ def _measure(model, layers, data: Dataset, method: PruneMethod, k: float, phase:
         "val_loss": val.loss,
         "seconds": seconds,
     }
+
+
+SUMMARY_COLUMNS = (
+    "method", "schedule", "k", "phase", "seeds", "sparsity", "units_removed",
+    "test_accuracy_mean", "test_accuracy_std", "test_loss_mean", "test_loss_std",
+    "val_accuracy_mean", "val_accuracy_std",
+)  # fmt: skip
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """Mean and sample standard deviation over seeds of each (method, k, phase)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in results:
+        groups.setdefault((row["method"], row["schedule"], row["k"], row["phase"]), []).append(row)
+    summary = []
+    for (method, schedule, k, phase), rows in groups.items():
+        entry = {"method": method, "schedule": schedule, "k": k, "phase": phase,
+                 "seeds": len(rows), "sparsity": _mean([r["sparsity"] for r in rows]),
+                 "units_removed": _mean([r["units_removed"] for r in rows])}  # fmt: skip
+        for metric in ("test_accuracy", "test_loss", "val_accuracy"):
+            values = [r[metric] for r in rows]
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = _mean(values), _std(values)
+        summary.append(entry)
+    return summary
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _std(values: list[float]) -> float:
+    """Sample standard deviation; 0 for a single value."""
+    if len(values) < 2:
+        return 0.0
+    mean = _mean(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
@@ -380,19 +483,26 @@ def load_config(path: str | Path) -> StudyConfig:
 
 
 def summary_table(result: StudyResult) -> str:
-    """A plain-text table: one line per method and k, one-shot and fine-tuned."""
+    """A plain-text table: one line per method and k, one-shot and after the schedule
+    (the mean ± standard deviation over seeds where there are several)."""
+    dense = result.dense["test_accuracy"]
     lines = [
-        f"dense test accuracy {result.dense['test_accuracy']:.4f}",
-        f"{'method':>8} {'k':>5} {'sparsity':>8} {'units':>6} {'one-shot':>9} {'fine-tuned':>10}",
+        f"dense test accuracy {dense:.4f}",
+        f"{'method':>8} {'k':>5} {'sparsity':>8} {'units':>6} {'one-shot':>15} {'final':>15}",
     ]
     by_cell: dict[tuple, dict] = {}
-    for row in result.results:
+    for row in summarize(result.results):
         by_cell.setdefault((row["method"], row["k"]), {})[row["phase"]] = row
+
+    def accuracy(row: dict) -> str:
+        text = f"{row['test_accuracy_mean']:.4f}"
+        return text + (f" ± {row['test_accuracy_std']:.4f}" if row["seeds"] > 1 else "")
+
     for (method, k), phases in by_cell.items():
-        tuned = phases["finetuned"]
+        final = phases["finetuned"]
         lines.append(
-            f"{method:>8} {k:>5g} {tuned['sparsity']:>8.4f} {tuned['units_removed']:>6.3f}"
-            f" {phases['oneshot']['test_accuracy']:>9.4f} {tuned['test_accuracy']:>10.4f}"
+            f"{method:>8} {k:>5g} {final['sparsity']:>8.4f} {final['units_removed']:>6.3f}"
+            f" {accuracy(phases['oneshot']):>15} {accuracy(final):>15}"
         )
     return "\n".join(lines)
 

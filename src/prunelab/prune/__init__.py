@@ -23,11 +23,13 @@ def prune(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
     include_last: bool = False,
     seed: int = 0,
+    pruned: Masks | None = None,
 ) -> Masks:
     """Prune ``model`` in place by ``method`` at fraction ``k``; return the masks to hold.
 
     ``batches`` are calibration (input, label) pairs, needed by the criteria that
-    look at data (obd, fisher, taylor, obs, obc).
+    look at data (obd, fisher, taylor, obs, obc). ``pruned``, the masks of an
+    earlier step (iterative and gradual schedules), stay pruned and count towards k.
     """
     check_k(k)
     layers = prunable_layers(model, include_last=include_last)
@@ -39,13 +41,28 @@ def prune(
             params = dict(model.named_parameters())
             for name, value in updates.items():
                 params[name].copy_(value)
+        if pruned is not None:  # a solver prunes zero weights first; this makes it certain
+            masks = Masks({name: mask & pruned[name] for name, mask in masks.items()})
     else:
         context = ScoreContext(model, layers, method.structure, batches, seed)
         scores = CRITERIA[method.criterion](context)
+        if pruned is not None:
+            scores = _pruned_first(scores, pruned, method.structure)
         keep = ALLOCATORS[method.scope](scores, k)
         masks = Masks.from_keep(layers, keep, method.structure)
     masks.apply_(model)
     return masks
+
+
+def _pruned_first(scores: dict, pruned: Masks, structure: str) -> dict:
+    """Scores with the already-pruned entries ranked below every other."""
+    ranked = {}
+    for name, score in scores.items():
+        kept = pruned[f"{name}.weight"]
+        if structure == "unit":
+            kept = kept.flatten(1).any(1)
+        ranked[name] = score.float().masked_fill(~kept, float("-inf"))
+    return ranked
 
 
 __all__ = ["Masks", "PruneMethod", "check_k", "prune"]

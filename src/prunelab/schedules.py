@@ -1,0 +1,199 @@
+"""Schedules: how a trained network is brought to sparsity k.
+
+- ``oneshot``: prune once, then fine-tune with the masks held.
+- ``iterative``: ``rounds`` rounds of prune-then-fine-tune; the kept fraction
+  shrinks by the same factor every round (geometric steps, Han et al. 2015).
+- ``gradual``: prune while training, along Zhu and Gupta's (2017) cubic
+  s_t = k (1 - (1 - t / T)^3) over the first ``ramp`` of the steps, updating
+  the masks every ``every`` steps, then train on at sparsity k.
+- ``lottery``: iterative pruning in which the surviving weights are rewound,
+  every round, to their values ``rewind_steps`` into the dense model's training,
+  and trained again with the dense recipe (Frankle and Carbin 2019; Frankle et
+  al. 2019). Its control retrains the final mask from a fresh random
+  initialisation.
+
+Already-pruned entries stay pruned from round to round (``prune(..., pruned=)``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+from prunelab.compact import CompactionError, compact_with_indices, expand_
+from prunelab.data import Dataset
+from prunelab.models import ModelConfig, build_model
+from prunelab.prune import Masks, PruneMethod, prune
+from prunelab.train import EpochRecord, TrainConfig, train
+
+SCHEDULES = ("oneshot", "iterative", "gradual", "lottery")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str = "oneshot"
+    rounds: int = 5  # iterative, lottery
+    ramp: float = 0.6  # gradual: fraction of the steps over which sparsity rises to k
+    every: int = 50  # gradual: optimizer steps between mask updates
+    rewind_steps: int = 100  # lottery: the early iteration the weights are rewound to
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.name!r}; choose from {', '.join(SCHEDULES)}")
+        if self.rounds < 1 or self.every < 1 or self.rewind_steps < 0:
+            raise ValueError("rounds and every must be positive, rewind_steps not negative")
+        if not 0 < self.ramp <= 1:
+            raise ValueError(f"ramp must be in (0, 1], got {self.ramp}")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One network to bring to sparsity k."""
+
+    method: PruneMethod
+    k: float
+    data: Dataset
+    finetune: TrainConfig
+    batches: list | None  # calibration data for the criteria that need it
+    include_last: bool
+    seed: int
+
+
+@dataclass
+class Outcome:
+    history: list[EpochRecord]
+    masks: Masks
+    control: nn.Module | None = None  # lottery: the final mask retrained from a fresh init
+
+
+def round_targets(k: float, rounds: int) -> list[float]:
+    """Sparsity after each round: the kept fraction (1 - k) ** (r / rounds)."""
+    return [1 - (1 - k) ** (r / rounds) for r in range(1, rounds + 1)]
+
+
+def cubic_sparsity(step: int, k: float, end: int) -> float:
+    """Zhu and Gupta's schedule from 0 at step 0 to k at step ``end``."""
+    return k * (1 - (1 - min(step, end) / end) ** 3)
+
+
+def _prune(model: nn.Module, job: Job, k: float, pruned: Masks | None = None) -> Masks:
+    return prune(
+        model, job.method, k, batches=job.batches, include_last=job.include_last,
+        seed=job.seed, pruned=pruned,
+    )  # fmt: skip
+
+
+def finetune(
+    model: nn.Module, masks: Masks, job: Job, config: TrainConfig, seed: int
+) -> list[EpochRecord]:
+    """Train with the masks held. A unit-pruned chain is trained compacted: its removed
+    units carry no signal and get no gradient, so the smaller network trains exactly as
+    the masked one does, at a fraction of the cost; its weights are then written back
+    into the full-size model."""
+    desc = f"fine-tune {job.method.name}"
+    if job.method.structure == "unit":
+        try:
+            small, kept = compact_with_indices(model)
+        except CompactionError:
+            pass  # not a plain chain of layers: hold the masks instead
+        else:
+            history = train(small, job.data.train, job.data.val, config, seed=seed, desc=desc)
+            expand_(model, small, kept)
+            return history
+    return train(model, job.data.train, job.data.val, config, seed=seed,
+                 after_step=masks.holder(model), desc=desc)  # fmt: skip
+
+
+def _renumber(histories: list[list[EpochRecord]]) -> list[EpochRecord]:
+    records = [r for history in histories for r in history]
+    return [
+        EpochRecord(i + 1, r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy, r.seconds)
+        for i, r in enumerate(records)
+    ]
+
+
+def oneshot(model: nn.Module, job: Job) -> Outcome:
+    masks = _prune(model, job, job.k)
+    return Outcome(finetune(model, masks, job, job.finetune, job.seed), masks)
+
+
+def iterative(model: nn.Module, job: Job, rounds: int) -> Outcome:
+    masks, histories = None, []
+    for r, target in enumerate(round_targets(job.k, rounds)):
+        masks = _prune(model, job, target, masks)
+        histories.append(finetune(model, masks, job, job.finetune, job.seed + r))
+    return Outcome(_renumber(histories), masks)
+
+
+class GradualPruner:
+    """An ``after_step`` callback: raises sparsity along the cubic schedule every
+    ``every`` steps until step ``end``, and holds the masks after every step."""
+
+    def __init__(self, job: Job, end: int, every: int):
+        self.job, self.end, self.every = job, max(1, end), every
+        self.step, self.masks, self.hold = 0, None, None
+
+    def __call__(self, model: nn.Module) -> None:
+        self.step += 1
+        if self.step <= self.end and (self.step % self.every == 0 or self.step == self.end):
+            target = cubic_sparsity(self.step, self.job.k, self.end)
+            self.masks = _prune(model, self.job, target, self.masks)
+            self.hold = self.masks.holder(model)
+        elif self.hold is not None:
+            self.hold(model)
+
+
+def gradual(model: nn.Module, job: Job, ramp: float, every: int) -> Outcome:
+    config = job.finetune
+    steps = math.ceil(len(job.data.train) / config.batch_size) * config.epochs
+    pruner = GradualPruner(job, round(ramp * steps), every)
+    history = train(model, job.data.train, job.data.val, config, seed=job.seed,
+                    after_step=pruner, desc=f"gradual {job.method.name}")  # fmt: skip
+    if pruner.masks is None or pruner.step < pruner.end:  # too few steps to finish the ramp
+        pruner.masks = _prune(model, job, job.k, pruner.masks)
+    return Outcome(history, pruner.masks)
+
+
+def lottery(
+    model: nn.Module,
+    job: Job,
+    rounds: int,
+    rewind_state: dict,
+    train_config: TrainConfig,
+    model_config: ModelConfig,
+) -> Outcome:
+    """``model`` holds the trained dense weights; ``rewind_state`` the early ones."""
+    masks, histories = None, []
+    for r, target in enumerate(round_targets(job.k, rounds)):
+        masks = _prune(model, job, target, masks)
+        model.load_state_dict(rewind_state)
+        masks.apply_(model)
+        histories.append(finetune(model, masks, job, train_config, job.seed + r))
+    control = build_model(model_config, job.data.num_classes, seed=job.seed + 10_000)
+    control.to(next(model.parameters()).device)
+    masks.apply_(control)
+    finetune(control, masks, job, train_config, job.seed + rounds)
+    return Outcome(_renumber(histories), masks, control)
+
+
+def run_schedule(
+    schedule: Schedule,
+    model: nn.Module,
+    job: Job,
+    *,
+    rewind_state: dict | None = None,
+    train_config: TrainConfig | None = None,
+    model_config: ModelConfig | None = None,
+) -> Outcome:
+    """Bring ``model`` (trained, dense) to sparsity ``job.k`` in place."""
+    if schedule.name == "oneshot":
+        return oneshot(model, job)
+    if schedule.name == "iterative":
+        return iterative(model, job, schedule.rounds)
+    if schedule.name == "gradual":
+        return gradual(model, job, schedule.ramp, schedule.every)
+    if rewind_state is None or train_config is None or model_config is None:
+        raise ValueError("the lottery schedule needs the rewind state and the dense recipe")
+    return lottery(model, job, schedule.rounds, rewind_state, train_config, model_config)
