@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from prunelab.budget import answers_table, budget_study, check_max_drop
 from prunelab.data import DATASETS, DataError
 from prunelab.models import MODELS, ModelConfig
 from prunelab.prune.method import CRITERION_NAMES, SCOPES, STRUCTURES, PruneMethod
@@ -61,16 +62,6 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
             "Finished cells are stored and not recomputed when the command is rerun."
         ),
     )
-    p.add_argument("--dataset", default="mnist", help=f"{' or '.join(DATASETS)} (default: mnist)")
-    p.add_argument("--data-dir", type=Path, help="folder holding the dataset's four IDX files")
-    p.add_argument("--no-download", action="store_true", help="never download data")
-    p.add_argument(
-        "--recipe",
-        choices=sorted(RECIPES),
-        default="fast",
-        help="fast (default): Adam, cosine lr, batch 128, 5 epochs; seed: the seed notebook's "
-        "RMSprop lr 1e-4, batch 16, dropout and augmentation, 20 epochs",
-    )
     p.add_argument(
         "--methods",
         type=_names,
@@ -92,6 +83,34 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         type=_floats,
         default=",".join(f"{k:g}" for k in StudyConfig().ks),
         help="comma-separated fractions to prune, each in [0, 1) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--schedule", default="oneshot", choices=SCHEDULES,
+        help="how k is reached: oneshot (prune, then fine-tune), iterative (ROUNDS rounds of "
+        "prune and fine-tune, geometric steps), gradual (prune while fine-tuning along "
+        "Zhu and Gupta's cubic schedule; give it several --finetune-epochs), lottery "
+        "(iterative pruning, rewinding survivors to an early iteration and retraining with "
+        "the dense recipe; adds a random-reinit control) (default: oneshot)",
+    )  # fmt: skip
+    p.add_argument(
+        "--seeds", type=int, default=1,
+        help="repeat every cell, base model included, over this many seeds; tables give "
+        "mean and std, figures a band (default: 1)",
+    )  # fmt: skip
+    _add_run_options(p, default_out="runs/study")
+
+
+def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
+    """Options shared by study and budget: data, model, training, where and how to run."""
+    p.add_argument("--dataset", default="mnist", help=f"{' or '.join(DATASETS)} (default: mnist)")
+    p.add_argument("--data-dir", type=Path, help="folder holding the dataset's four IDX files")
+    p.add_argument("--no-download", action="store_true", help="never download data")
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="fast",
+        help="fast (default): Adam, cosine lr, batch 128, 5 epochs; seed: the seed notebook's "
+        "RMSprop lr 1e-4, batch 16, dropout and augmentation, 20 epochs",
     )
     p.add_argument(
         "--model", default="mlp", choices=sorted(MODELS),
@@ -127,21 +146,17 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         help="learning-rate schedule of fine-tuning (default: cosine)",
     )  # fmt: skip
     p.add_argument(
-        "--schedule", default="oneshot", choices=SCHEDULES,
-        help="how k is reached: oneshot (prune, then fine-tune), iterative (ROUNDS rounds of "
-        "prune and fine-tune, geometric steps), gradual (prune while fine-tuning along "
-        "Zhu and Gupta's cubic schedule; give it several --finetune-epochs), lottery "
-        "(iterative pruning, rewinding survivors to an early iteration and retraining with "
-        "the dense recipe; adds a random-reinit control) (default: oneshot)",
-    )  # fmt: skip
-    p.add_argument(
         "--rounds", type=int, default=Schedule().rounds,
         help="rounds of the iterative and lottery schedules (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
-        "--seeds", type=int, default=1,
-        help="repeat every cell, base model included, over this many seeds; tables give "
-        "mean and std, figures a band (default: 1)",
+        "--ramp", type=float, default=Schedule().ramp,
+        help="gradual: fraction of the fine-tuning steps over which sparsity rises to k "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--prune-every", type=int, default=Schedule().every,
+        help="gradual: optimizer steps between mask updates (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--val-size",
@@ -167,7 +182,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         "--quick", action="store_true", help="small and fast: 10,000 training images, 3 epochs"
     )
     p.add_argument(
-        "--out", type=Path, default=Path("runs/study"), help="run directory (default: %(default)s)"
+        "--out", type=Path, default=Path(default_out), help="run directory (default: %(default)s)"
     )
     p.add_argument(
         "--device",
@@ -241,7 +256,7 @@ def build_study_config(args: argparse.Namespace) -> StudyConfig:
         finetune = replace(finetune, lr=args.finetune_lr)
     if args.finetune_lr_schedule is not None:
         finetune = replace(finetune, lr_schedule=args.finetune_lr_schedule)
-    return replace(
+    config = replace(
         config,
         dataset=args.dataset,
         val_size=args.val_size,
@@ -249,20 +264,20 @@ def build_study_config(args: argparse.Namespace) -> StudyConfig:
         model=model,
         train=train,
         finetune=finetune,
-        methods=tuple(
-            dict.fromkeys(
-                PruneMethod.parse(method, scope).name
-                for scope in args.scope
-                for method in args.methods
-            )
-        ),
-        ks=args.ks,
         prune_last=args.prune_last,
         calibration_size=args.calibration,
-        schedule=Schedule(args.schedule, rounds=args.rounds),
+        schedule=Schedule(
+            getattr(args, "schedule", "oneshot"),
+            rounds=args.rounds,
+            ramp=args.ramp,
+            every=args.prune_every,
+        ),  # fmt: skip
         seed=args.seed,
-        seeds=args.seeds,
     )
+    if args.command != "study":
+        return config
+    methods = (PruneMethod.parse(m, scope).name for scope in args.scope for m in args.methods)
+    return replace(config, methods=tuple(dict.fromkeys(methods)), ks=args.ks, seeds=args.seeds)
 
 
 def study(args: argparse.Namespace) -> int:
@@ -274,6 +289,59 @@ def study(args: argparse.Namespace) -> int:
     html_path, _ = write_report(result.paths.root)
     print(summary_table(result))
     print(f"results: {result.paths.results}\nfigures: {result.paths.figures}\nreport: {html_path}")
+    return 0
+
+
+def _add_budget(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "budget",
+        help="find the largest k within a tolerance of dense accuracy",
+        description=(
+            "For each criterion and schedule, find the largest fraction k of weights or "
+            "units that can be pruned while validation accuracy stays within --max-drop "
+            "points of the dense model's, by bracketing (k = 0.5, 0.75, 0.875, ...) and "
+            "bisection to --resolution. Prints the answer on the test set, writes "
+            "budget.json and the pruned model of each answer into the run directory. "
+            "Probes are study cells: the base model and finished probes are reused."
+        ),
+    )
+    p.add_argument("--structure", default="unit", choices=STRUCTURES,
+                   help="prune weights or units (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--criteria", type=_names, default="magnitude",
+        help=f"comma-separated criteria: {', '.join(CRITERION_NAMES)} (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--schedules", type=_names, default="oneshot",
+        help=f"comma-separated schedules: {', '.join(SCHEDULES)} (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--max-drop", type=float, default=1.0,
+                   help="tolerated drop in accuracy points (default: %(default)s)")  # fmt: skip
+    p.add_argument("--resolution", type=float, default=0.005,
+                   help="resolution of k (default: %(default)s, half a point)")  # fmt: skip
+    _add_run_options(p, default_out="runs/budget")
+
+
+def budget(args: argparse.Namespace) -> int:
+    check_max_drop(args.max_drop)
+    for name in args.schedules:
+        Schedule(name)
+    for criterion in args.criteria:
+        PruneMethod(args.structure, criterion)
+    config = build_study_config(args)
+    options = RunOptions(
+        out=args.out, data_dir=args.data_dir, device=args.device, download=not args.no_download
+    )
+    answers = budget_study(
+        config, options, structure=args.structure, criteria=args.criteria,
+        schedules=args.schedules, max_drop=args.max_drop, resolution=args.resolution,
+    )  # fmt: skip
+    print(answers_table(answers))
+    for answer in answers:
+        print(answer.sentence)
+        if answer.model_file:
+            print(f"  pruned model: {answer.model_file}")
+    print(f"answers: {args.out / 'budget.json'}")
     return 0
 
 
@@ -304,12 +372,13 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_study(sub)
+    _add_budget(sub)
     _add_export(sub)
     _add_report(sub)
     return p
 
 
-COMMANDS = {"study": study, "export": export, "report": report}
+COMMANDS = {"study": study, "budget": budget, "export": export, "report": report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -181,53 +181,62 @@ def run_study(config: StudyConfig, options: RunOptions | None = None) -> StudyRe
     device = resolve_device(options.device)
     paths.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(paths.config, to_json(config))
-    data = _to_device(
-        load_dataset(
-            config.dataset,
-            data_dir=options.data_dir,
-            val_size=config.val_size,
-            train_limit=config.train_limit,
-            download=options.download,
-        ),
-        device,
-    )
+    data = load_study_data(config, options, device)
     methods = [PruneMethod.parse(m) for m in config.methods]
     seeded = config.per_seed()
     cells = [(c, method, k) for c in seeded for method in methods for k in config.ks]
-    results, epochs, layers, bases = [], [], [], {}
-    after = "fine-tuned" if config.schedule.name == "oneshot" else config.schedule.name
+    results, epochs, layers = [], [], []
+    bases = BaseModels(data, paths, device)
     bar = tqdm(cells, desc="study", unit="cell", disable=None)
     for cell_config, method, k in bar:
         seed_text = f" seed {cell_config.seed}" if config.seeds > 1 else ""
         bar.set_postfix_str(f"{method.name} k={k:g}{seed_text}")
-        if cell_config.seed not in bases:
-            bases[cell_config.seed] = _base_model(cell_config, data, paths, device)
-        base_state, rewind_state, _ = bases[cell_config.seed]
-        cell_path = paths.cell(cell_config.cell_id(method, k))
-        if cell_path.exists():
-            cell = _with_defaults(json.loads(cell_path.read_text()), cell_config.seed)
-        else:
-            cell = _run_cell(
-                cell_config, base_state, rewind_state, method, k, data, device,
-                paths.cell_model(cell_path.stem),
-            )  # fmt: skip
-            atomic_write_text(cell_path, json.dumps(cell, indent=1))
-            oneshot, tuned = cell["results"][:2]
-            tqdm.write(
-                f"{method.name:>8} k={k:<5g}{seed_text} test accuracy one-shot "
-                f"{oneshot['test_accuracy']:.4f} -> {after} "
-                f"{tuned['test_accuracy']:.4f} ({tuned['seconds']:.1f} s)"
-            )
+        cell = run_cell(cell_config, method, k, bases)
         results += cell["results"]
         epochs += cell["epochs"]
         layers += cell["layers"]
-    dense = _mean_dense([bases[c.seed][2] for c in seeded])
+    dense = _mean_dense([bases.get(c)[2] for c in seeded])
     _write_csv(paths.results, RESULT_COLUMNS, results)
     _write_csv(paths.epochs, EPOCH_COLUMNS, epochs)
     _write_csv(paths.layers, LAYER_COLUMNS, layers)
     _write_csv(paths.summary, SUMMARY_COLUMNS, summarize(results))
     figures = plots.study_figures(results, epochs, dense, paths.figures)
     return StudyResult(paths, dense, results, epochs, layers, figures)
+
+
+class BaseModels:
+    """The trained dense models of a run directory, loaded (or trained) once each."""
+
+    def __init__(self, data: Dataset, paths: RunPaths, device: torch.device):
+        self.data, self.paths, self.device = data, paths, device
+        self._loaded: dict[tuple, tuple[dict, dict | None, dict]] = {}
+
+    def get(self, config: StudyConfig) -> tuple[dict, dict | None, dict]:
+        """(state, rewind state or None, record) of ``config``'s base model."""
+        key = (config.base_id(), config.schedule.name == "lottery", config.schedule.rewind_steps)
+        if key not in self._loaded:
+            self._loaded[key] = _base_model(config, self.data, self.paths, self.device)
+        return self._loaded[key]
+
+
+def run_cell(config: StudyConfig, method: PruneMethod, k: float, bases: BaseModels) -> dict:
+    """One (method, k) of ``config``: loaded if stored, else computed and stored atomically."""
+    paths = bases.paths
+    cell_path = paths.cell(config.cell_id(method, k))
+    if cell_path.exists():
+        return _with_defaults(json.loads(cell_path.read_text()), config.seed)
+    base_state, rewind_state, _ = bases.get(config)
+    cell = _run_cell(config, base_state, rewind_state, method, k, bases.data, bases.device,
+                     paths.cell_model(cell_path.stem))  # fmt: skip
+    atomic_write_text(cell_path, json.dumps(cell, indent=1))
+    oneshot, final = cell["results"][:2]
+    after = "fine-tuned" if config.schedule.name == "oneshot" else config.schedule.name
+    tqdm.write(
+        f"{method.name:>8} k={k:<5g} seed {config.seed} test accuracy one-shot "
+        f"{oneshot['test_accuracy']:.4f} -> {after} {final['test_accuracy']:.4f} "
+        f"({final['seconds']:.1f} s)"
+    )
+    return cell
 
 
 def _with_defaults(cell: dict, seed: int) -> dict:
@@ -237,6 +246,17 @@ def _with_defaults(cell: dict, seed: int) -> dict:
     for row in cell["results"] + cell["epochs"] + cell["layers"]:
         row.setdefault("seed", seed)
     return cell
+
+
+def load_study_data(config: StudyConfig, options: RunOptions, device: torch.device) -> Dataset:
+    data = load_dataset(
+        config.dataset,
+        data_dir=options.data_dir,
+        val_size=config.val_size,
+        train_limit=config.train_limit,
+        download=options.download,
+    )
+    return _to_device(data, device)
 
 
 def _to_device(data: Dataset, device: torch.device) -> Dataset:

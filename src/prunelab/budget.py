@@ -1,0 +1,297 @@
+"""The pruning budget: the largest k whose pruned network stays within a tolerance
+of the dense model's validation accuracy, found by bracketing and bisection.
+
+The search assumes accuracy falls as k grows (true of every curve we measured,
+up to noise smaller than typical tolerances); each probe is one pruned and
+fine-tuned network. Two front ends share it: ``budget_study`` for the built-in
+models and datasets (probes are study cells, stored and reused), and
+``find_budget`` for any ``nn.Module`` with data loaders.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunelab.compact import CompactionError, compact
+from prunelab.data import Dataset, Split
+from prunelab.export import compacted_config, load_sparse, save_sparse
+from prunelab.paths import RunPaths
+from prunelab.prune import PruneMethod
+from prunelab.schedules import Job, Schedule, run_schedule
+from prunelab.storage import atomic_write_text
+from prunelab.study import (
+    BaseModels,
+    RunOptions,
+    StudyConfig,
+    load_study_data,
+    resolve_device,
+    run_cell,
+)
+from prunelab.train import TrainConfig, evaluate
+
+K_MAX = 0.995  # the bracket stops here: a network needs something left
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One evaluated k: accuracy on validation (which decides) and test (reported)."""
+
+    k: float
+    val_accuracy: float
+    test_accuracy: float | None = None
+
+
+@dataclass
+class BudgetAnswer:
+    method: str
+    schedule: str
+    max_drop: float  # accuracy points
+    k: float  # 0.0: nothing can be removed within the tolerance
+    dense_val_accuracy: float
+    dense_test_accuracy: float | None
+    val_accuracy: float  # at k (the dense model's when k = 0)
+    test_accuracy: float | None
+    probes: list[Probe] = field(default_factory=list)
+    model_file: str | None = None  # where budget_study saved the pruned model
+
+    @property
+    def sentence(self) -> str:
+        structure = PruneMethod.parse(self.method).structure
+        what = "hidden units" if structure == "unit" else "weights"
+        which = "test" if self.test_accuracy is not None else "validation"
+        mine = self.test_accuracy if self.test_accuracy is not None else self.val_accuracy
+        dense = self.dense_test_accuracy if self.test_accuracy is not None else None
+        dense = dense if dense is not None else self.dense_val_accuracy
+        how = f"{self.method} ({self.schedule})"
+        if self.k == 0:
+            lowest = min(self.probes, key=lambda p: p.k)
+            return (
+                f"{how}: nothing can be removed within {self.max_drop:g} point(s) of dense "
+                f"accuracy; even k = {lowest.k:g} gives {100 * lowest.val_accuracy:.2f}% on "
+                f"validation vs {100 * self.dense_val_accuracy:.2f}% dense."
+            )
+        return (
+            f"{how}: up to {100 * self.k:.2f}% of the {what} can be removed, {which} accuracy "
+            f"{100 * mine:.2f}% vs {100 * dense:.2f}% dense."
+        )
+
+
+def check_max_drop(max_drop: float) -> None:
+    if not 0 <= max_drop < 50:
+        raise ValueError(
+            f"--max-drop is a tolerance in accuracy points, from 0 to under 50; got {max_drop:g}"
+        )
+
+
+def search(
+    probe: Callable[[float], Probe],
+    dense_val_accuracy: float,
+    max_drop: float,
+    resolution: float = 0.005,
+) -> tuple[Probe | None, list[Probe]]:
+    """The largest k (to ``resolution``) whose probe stays within ``max_drop`` points.
+
+    Bracket: k = 0.5, then halve the kept fraction (0.75, 0.875, ...) while within the
+    tolerance, up to ``K_MAX``; then bisect between the last k within and the first
+    outside. Returns (the best probe, or None if no k is within; every probe made).
+    """
+    check_max_drop(max_drop)
+    if not 0 < resolution < 0.5:
+        raise ValueError(f"resolution must be in (0, 0.5), got {resolution}")
+    floor = dense_val_accuracy - max_drop / 100
+    probes: list[Probe] = []
+
+    def within(k: float) -> bool:
+        probes.append(probe(k))
+        return probes[-1].val_accuracy >= floor
+
+    low, high, best, k = 0.0, None, None, 0.5
+    while high is None:
+        if within(k):
+            low, best = k, probes[-1]
+            if k >= K_MAX:
+                break
+            k = min(K_MAX, round(1 - (1 - k) / 2, 6))
+        else:
+            high = k
+    while high is not None and high - low > resolution:
+        k = round((low + high) / 2, 6)
+        if within(k):
+            low, best = k, probes[-1]
+        else:
+            high = k
+    return best, probes
+
+
+def _materialise(batches: Iterable, device: torch.device) -> Split:
+    """A loader's (input, label) batches as one in-memory split."""
+    xs, ys = [], []
+    for batch in batches:
+        x, y = batch[0], batch[1]
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise ValueError("a data loader gave no batches")
+    return Split(torch.cat(xs).to(device), torch.cat(ys).long().to(device))
+
+
+@dataclass
+class BudgetResult:
+    answer: BudgetAnswer
+    model: nn.Module  # the pruned, fine-tuned model at answer.k (the dense copy if k = 0)
+
+
+def find_budget(
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable,
+    *,
+    structure: str = "unit",
+    criterion: str = "magnitude",
+    schedule: str = "oneshot",
+    max_drop: float = 1.0,
+    finetune: TrainConfig | None = None,
+    test_loader: Iterable | None = None,
+    resolution: float = 0.005,
+    calibration_size: int = 1024,
+    seed: int = 0,
+) -> BudgetResult:
+    """How much of ``model`` (trained) can be pruned within ``max_drop`` accuracy points?
+
+    The loaders yield (input, label) batches; they are read once into memory. Each
+    probe prunes a copy of ``model`` by ``structure:criterion`` at k, brings it there
+    by ``schedule`` (oneshot, iterative or gradual) with ``finetune``, and measures
+    validation accuracy. ``model`` itself is left untouched.
+    """
+    check_max_drop(max_drop)
+    if schedule == "lottery":
+        raise ValueError("the lottery schedule needs the dense training run; use prunelab study")
+    method = PruneMethod(structure, criterion)
+    schedule_config = Schedule(schedule)
+    finetune = finetune or TrainConfig(epochs=1)
+    device = next(model.parameters()).device
+    train_split = _materialise(train_loader, device)
+    val_split = _materialise(val_loader, device)
+    test_split = _materialise(test_loader, device) if test_loader is not None else None
+    try:
+        with torch.no_grad():
+            logits = model.eval()(train_split.x[:2])
+        num_classes = logits.shape[-1]
+    except Exception as err:
+        raise ValueError(f"the model's forward fails on the training data: {err}") from err
+    if int(train_split.y.max()) >= num_classes:
+        raise ValueError(f"labels go up to {int(train_split.y.max())}, the model has "
+                         f"{num_classes} outputs")  # fmt: skip
+    data = Dataset("custom", "loaders", train_split, val_split, test_split or val_split,
+                   num_classes=num_classes)  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(train_split), generator=generator)[:calibration_size].to(device)
+    batches = [(train_split.x[idx[i : i + 256]], train_split.y[idx[i : i + 256]])
+               for i in range(0, len(idx), 256)]  # fmt: skip
+    dense_val = evaluate(model, val_split).accuracy
+    dense_test = evaluate(model, test_split).accuracy if test_split is not None else None
+    models: dict[float, nn.Module] = {}
+
+    def probe(k: float) -> Probe:
+        pruned = copy.deepcopy(model)
+        job = Job(method, k, data, finetune, batches, include_last=False, seed=seed)
+        run_schedule(schedule_config, pruned, job)
+        models[k] = pruned
+        test = evaluate(pruned, test_split).accuracy if test_split is not None else None
+        return Probe(k, evaluate(pruned, val_split).accuracy, test)
+
+    best, probes = search(probe, dense_val, max_drop, resolution)
+    chosen = models[best.k] if best is not None else copy.deepcopy(model)
+    answer = BudgetAnswer(
+        method=method.name, schedule=schedule, max_drop=max_drop,
+        k=best.k if best else 0.0, dense_val_accuracy=dense_val, dense_test_accuracy=dense_test,
+        val_accuracy=best.val_accuracy if best else dense_val,
+        test_accuracy=best.test_accuracy if best else dense_test, probes=probes,
+    )  # fmt: skip
+    return BudgetResult(answer, chosen)
+
+
+def budget_study(
+    config: StudyConfig,
+    options: RunOptions,
+    *,
+    structure: str,
+    criteria: Iterable[str],
+    schedules: Iterable[str],
+    max_drop: float,
+    resolution: float = 0.005,
+) -> list[BudgetAnswer]:
+    """The budget of a built-in model and dataset, per criterion and schedule.
+
+    Every probe is a study cell of ``config`` in ``options.out``: the base model
+    is trained once, and probes already made (by this search, an earlier one or
+    a study with the same settings) are read back, not recomputed. Writes
+    ``budget.json`` and, per answer, the pruned model (compacted for units,
+    sparse for weights) into ``options.out``.
+    """
+    check_max_drop(max_drop)
+    methods = [PruneMethod(structure, criterion) for criterion in criteria]
+    plans = [(m, Schedule(name, rounds=config.schedule.rounds)) for m in methods
+             for name in schedules]  # fmt: skip
+    paths = RunPaths(Path(options.out))
+    device = resolve_device(options.device)
+    data = load_study_data(config, options, device)
+    bases = BaseModels(data, paths, device)
+    answers = []
+    for method, schedule in plans:
+        cell_config = replace(config, methods=(method.name,), schedule=schedule, seeds=1)
+        dense = bases.get(cell_config)[2]
+
+        def probe(k: float, cell_config=cell_config, method=method) -> Probe:
+            final = run_cell(cell_config, method, k, bases)["results"][1]
+            return Probe(k, final["val_accuracy"], final["test_accuracy"])
+
+        best, probes = search(probe, dense["val_accuracy"], max_drop, resolution)
+        answer = BudgetAnswer(
+            method=method.name, schedule=schedule.name, max_drop=max_drop,
+            k=best.k if best else 0.0, dense_val_accuracy=dense["val_accuracy"],
+            dense_test_accuracy=dense["test_accuracy"],
+            val_accuracy=best.val_accuracy if best else dense["val_accuracy"],
+            test_accuracy=best.test_accuracy if best else dense["test_accuracy"], probes=probes,
+        )  # fmt: skip
+        if best is not None:
+            answer.model_file = _save_answer_model(paths, cell_config, method, best.k)
+        answers.append(answer)
+    record = [{**asdict(a), "sentence": a.sentence} for a in answers]
+    atomic_write_text(paths.root / "budget.json", json.dumps(record, indent=1))
+    return answers
+
+
+def _save_answer_model(paths: RunPaths, config: StudyConfig, method: PruneMethod, k: float) -> str:
+    """The answer's pruned model, in its deployable file: compacted units, sparse weights."""
+    model, model_config = load_sparse(paths.cell_model(config.cell_id(method, k)))
+    stem = f"budget-{method.name.replace(':', '-')}-{config.schedule.name}-k{k:g}"
+    if method.structure == "unit":
+        path = paths.root / f"{stem}.compact.safetensors"
+        try:
+            small = compact(model)
+        except CompactionError:
+            pass  # not a plain chain of layers: stored sparse, below
+        else:
+            save_sparse(small, compacted_config(model_config, small), path, sparse=False)
+            return str(path)
+    path = paths.root / f"{stem}.sparse.safetensors"
+    save_sparse(model, model_config, path)
+    return str(path)
+
+
+def answers_table(answers: list[BudgetAnswer]) -> str:
+    lines = [f"{'method':>18} {'schedule':>10} {'k':>7} {'val':>7} {'test':>7} {'dense':>7} probes"]
+    for a in answers:
+        test = f"{a.test_accuracy:.4f}" if a.test_accuracy is not None else "-"
+        dense = a.dense_test_accuracy if a.dense_test_accuracy is not None else a.dense_val_accuracy
+        lines.append(f"{a.method:>18} {a.schedule:>10} {a.k:>7.4f} {a.val_accuracy:>7.4f} "
+                     f"{test:>7} {dense:>7.4f} {len(a.probes)}")  # fmt: skip
+    return "\n".join(lines)
