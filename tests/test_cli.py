@@ -1,5 +1,6 @@
 import csv
 import importlib.util
+import re
 
 import pytest
 
@@ -136,3 +137,18 @@ def test_bad_criteria_and_scopes_are_one_line_errors(args, message, tmp_path):
     result = run("study", "--out", str(tmp_path / "o"), *args)
     assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_readme_documents_every_option_of_every_command():
+    from pathlib import Path
+
+    from prunelab.cli import parser
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    subparsers = parser()._subparsers._group_actions[0].choices
+    for name, sub in subparsers.items():
+        assert f"`prunelab {name} --help`" in readme, name
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    assert re.search(rf"^  (-\w \w+, )?{flag}\b", readme, re.M), f"{name} {flag}"

@@ -72,6 +72,15 @@ class FigureEntry:
     path: Path
 
 
+@dataclass(frozen=True)
+class Table:
+    id: str
+    title: str
+    note: str
+    header: list[str]
+    rows: list[list[str]]
+
+
 @dataclass
 class Report:
     title: str
@@ -79,8 +88,7 @@ class Report:
     answers: list[str]
     config: list[tuple[str, str]]
     figures: list[FigureEntry]
-    columns: list[tuple[str, str]]
-    rows: list[dict]
+    tables: list[Table]
 
 
 TEXT_COLUMNS = ("method", "structure", "criterion", "scope", "schedule", "phase")
@@ -227,7 +235,8 @@ def _figures(folder: Path, methods: list[str]) -> list[FigureEntry]:
     entries = [
         FigureEntry("Accuracy vs k", "Test accuracy of each method against the fraction "
                     "pruned, right after pruning (dashed) and after fine-tuning (solid); "
-                    "the dotted line is the dense model.", folder / "accuracy_vs_k.png"),
+                    "the dotted line is the dense model; over several seeds, the mean with a band "
+                    "of one standard deviation.", folder / "accuracy_vs_k.png"),
         FigureEntry("Loss vs k", "Test cross-entropy, same lines (log scale).",
                     folder / "loss_vs_k.png"),
         FigureEntry("Size vs k", "Non-zero parameters and bytes of the sparse file, "
@@ -257,16 +266,38 @@ def build_report(run_dir: str | Path) -> Report:
     dense = json.loads(paths.base_record(config.base_id()).read_text())
     rows = read_results(paths.results)
     methods = list(dict.fromkeys(row["method"] for row in rows))
-    present = {key for row in rows for key, value in row.items() if value != ""}
     return Report(
         title=f"Pruning {config.model.name} on {config.dataset}",
         what=_describe_methods(config),
         answers=[answer(method, _seed_means(rows), dense) for method in methods],
         config=_describe_config(config, dense),
         figures=_figures(paths.figures, methods),
-        columns=[(key, label) for key, label in RESULT_COLUMNS if key in present],
-        rows=rows,
+        tables=_summary_tables(paths, rows) + [_results_table(rows)],
     )
+
+
+def _results_table(rows: list[dict]) -> Table:
+    present = {key for row in rows for key, value in row.items() if value != ""}
+    columns = [(key, label) for key, label in RESULT_COLUMNS if key in present]
+    return Table(
+        "results", "Results", "Every row of results.csv.", [label for _, label in columns],
+        [[format_value(key, row[key]) for key, _ in columns] for row in rows],
+    )  # fmt: skip
+
+
+def _summary_tables(paths: RunPaths, rows: list[dict]) -> list[Table]:
+    """Mean ± standard deviation over seeds, when there are several."""
+    if len({row["seed"] for row in rows}) < 2 or not paths.summary.exists():
+        return []
+    summary = read_results(paths.summary)
+    header = ["method", "schedule", "k", "phase", "seeds", "test accuracy", "test loss"]
+    body = [
+        [r["method"], r["schedule"], f"{r['k']:g}", r["phase"], f"{r['seeds']:g}",
+         f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f}%",
+         f"{r['test_loss_mean']:.4f} ± {r['test_loss_std']:.4f}"]
+        for r in summary
+    ]  # fmt: skip
+    return [Table("summary", "Mean over seeds", "From summary.csv.", header, body)]
 
 
 INTRO = (
@@ -293,13 +324,12 @@ def to_markdown(report: Report, root: Path) -> str:
     for figure in report.figures:
         link = figure.path.relative_to(root).as_posix()
         out += [f"### {figure.title}", "", figure.caption, "", f"![{figure.title}]({link})", ""]
-    out += ["## Results", "", "From `results.csv`.", ""]
-    out.append("| " + " | ".join(label for _, label in report.columns) + " |")
-    out.append("|" + "---|" * len(report.columns))
-    for row in report.rows:
-        out.append(
-            "| " + " | ".join(format_value(key, row[key]) for key, _ in report.columns) + " |"
-        )
+    for table in report.tables:
+        out += [f"## {table.title}", "", table.note, ""]
+        out.append("| " + " | ".join(table.header) + " |")
+        out.append("|" + "---|" * len(table.header))
+        out += ["| " + " | ".join(row) + " |" for row in table.rows]
+        out.append("")
     return "\n".join(out) + "\n"
 
 
@@ -345,12 +375,14 @@ def to_html(report: Report) -> str:
             f'<figure><h3>{e(figure.title)}</h3><img src="{_data_uri(figure.path)}" '
             f'alt="{e(figure.title)}"><figcaption>{e(figure.caption)}</figcaption></figure>'
         )
-    out += ["<h2>Results</h2>", "<p>From <code>results.csv</code>.</p>", '<table id="results">']
-    out.append("<tr>" + "".join(f"<th>{e(label)}</th>" for _, label in report.columns) + "</tr>")
-    for row in report.rows:
-        cells = "".join(f"<td>{e(format_value(key, row[key]))}</td>" for key, _ in report.columns)
-        out.append(f"<tr>{cells}</tr>")
-    out += ["</table>", "</body></html>"]
+    for table in report.tables:
+        out += [f"<h2>{e(table.title)}</h2>", f"<p>{e(table.note)}</p>", f'<table id="{table.id}">']
+        out.append("<tr>" + "".join(f"<th>{e(label)}</th>" for label in table.header) + "</tr>")
+        out += [
+            "<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in table.rows
+        ]
+        out.append("</table>")
+    out.append("</body></html>")
     return "\n".join(out) + "\n"
 
 
