@@ -24,6 +24,7 @@ from prunelab.data import Dataset, Split
 from prunelab.export import compacted_config, load_sparse, save_sparse
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod
+from prunelab.rundir import RunLock
 from prunelab.schedules import Job, Schedule, run_schedule
 from prunelab.storage import atomic_write_text
 from prunelab.study import (
@@ -118,11 +119,11 @@ def search(
             low, best = k, probes[-1]
             if k >= K_MAX:
                 break
-            k = min(K_MAX, round(1 - (1 - k) / 2, 6))
+            k = min(K_MAX, round(1 - (1 - k) / 2, 4))
         else:
             high = k
     while high is not None and high - low > resolution:
-        k = round((low + high) / 2, 6)
+        k = round((low + high) / 2, 4)
         if within(k):
             low, best = k, probes[-1]
         else:
@@ -238,10 +239,20 @@ def budget_study(
     """
     check_max_drop(max_drop)
     methods = [PruneMethod(structure, criterion) for criterion in criteria]
-    plans = [(m, Schedule(name, rounds=config.schedule.rounds)) for m in methods
-             for name in schedules]  # fmt: skip
+    plans = [(m, replace(config.schedule, name=name)) for m in methods for name in schedules]
     paths = RunPaths(Path(options.out))
     device = resolve_device(options.device)
+    with RunLock(paths.root):
+        answers = _search_all(config, options, plans, paths, device, max_drop, resolution)
+        record = [{**asdict(a), "sentence": a.sentence} for a in answers]
+        atomic_write_text(paths.root / "budget.json", json.dumps(record, indent=1))
+    return answers
+
+
+def _search_all(
+    config: StudyConfig, options: RunOptions, plans: list[tuple[PruneMethod, Schedule]],
+    paths: RunPaths, device: torch.device, max_drop: float, resolution: float,
+) -> list[BudgetAnswer]:  # fmt: skip
     data = load_study_data(config, options, device)
     bases = BaseModels(data, paths, device)
     answers = []
@@ -264,8 +275,6 @@ def budget_study(
         if best is not None:
             answer.model_file = _save_answer_model(paths, cell_config, method, best.k)
         answers.append(answer)
-    record = [{**asdict(a), "sentence": a.sentence} for a in answers]
-    atomic_write_text(paths.root / "budget.json", json.dumps(record, indent=1))
     return answers
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -11,20 +12,27 @@ import torch
 
 from prunelab.budget import answers_table, budget_study, check_max_drop
 from prunelab.data import DATASETS, DataError
+from prunelab.executors import EXECUTORS
 from prunelab.models import MODELS, ModelConfig
+from prunelab.paths import RunPaths
 from prunelab.prune.method import CRITERION_NAMES, SCOPES, STRUCTURES, PruneMethod
 from prunelab.report import write_report
+from prunelab.rundir import holder
 from prunelab.schedules import SCHEDULES, Schedule
 from prunelab.study import (
     EXPORT_FORMS,
     RECIPES,
+    CellsFailedError,
     RunOptions,
     StudyConfig,
     export_cell,
+    load_config,
     quick,
     run_study,
+    study_cells,
     summary_table,
 )
+from prunelab.sweep import expand, read_sweep
 from prunelab.train import fast_cpu_math
 
 
@@ -97,6 +105,31 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         help="repeat every cell, base model included, over this many seeds; tables give "
         "mean and std, figures a band (default: 1)",
     )  # fmt: skip
+    p.add_argument(
+        "--config", type=Path, metavar="SWEEP_TOML",
+        help="read settings and the grid from a TOML file (keys: these options' names; "
+        "lists of datasets, models or schedules run one study each); options given here "
+        "override it",
+    )  # fmt: skip
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="run cells in this many local processes, the cores shared between them "
+        "(default: 1, in this process)",
+    )  # fmt: skip
+    p.add_argument(
+        "--threads", type=int,
+        help="torch threads per cell (default: the cores shared between the workers; "
+        "ray: 1). Results are identical across executors and worker counts for the same "
+        "threads per cell",
+    )  # fmt: skip
+    p.add_argument(
+        "--executor", default="local", choices=EXECUTORS,
+        help="local (default): this machine; ray: Ray tasks on a cluster (prunelab[ray])",
+    )  # fmt: skip
+    p.add_argument(
+        "--ray-address",
+        help="address of an existing Ray cluster, e.g. 10.0.0.1:6379 (default: start a local one)",
+    )
     _add_run_options(p, default_out="runs/study")
 
 
@@ -283,12 +316,59 @@ def build_study_config(args: argparse.Namespace) -> StudyConfig:
 def study(args: argparse.Namespace) -> int:
     config = build_study_config(args)
     options = RunOptions(
-        out=args.out, data_dir=args.data_dir, device=args.device, download=not args.no_download
-    )
+        out=args.out, data_dir=args.data_dir, device=args.device, download=not args.no_download,
+        executor=args.executor, workers=args.workers, ray_address=args.ray_address,
+        threads=args.threads,
+    )  # fmt: skip
     result = run_study(config, options)
     html_path, _ = write_report(result.paths.root)
     print(summary_table(result))
     print(f"results: {result.paths.results}\nfigures: {result.paths.figures}\nreport: {html_path}")
+    return _report_failures(result.failures)
+
+
+def _report_failures(failures: list[dict]) -> int:
+    if not failures:
+        return 0
+    print(f"prunelab: {len(failures)} cell(s) failed; rerun to retry them:", file=sys.stderr)
+    for f in failures:
+        print(f"  {f['method']} k={f['k']:g} seed {f['seed']}: {f['error']}", file=sys.stderr)
+    return 1
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "status",
+        help="list a study's finished, pending and failed cells",
+        description=(
+            "List every cell of the study in RUN_DIR (from its config.json) as finished, "
+            "failed (with its error) or pending, and whether a study holds the directory now."
+        ),
+    )
+    p.add_argument("run_dir", type=Path, help="the study's run directory")
+
+
+def status(args: argparse.Namespace) -> int:
+    paths = RunPaths(args.run_dir)
+    if not paths.config.exists():
+        raise ValueError(f"{args.run_dir} is not a study run directory (it has no config.json)")
+    config = load_config(paths.config)
+    counts = {"finished": 0, "failed": 0, "pending": 0}
+    for cell_config, method, k in study_cells(config):
+        cell_id = cell_config.cell_id(method, k)
+        line = f"{method.name} k={k:g} seed {cell_config.seed}"
+        if paths.cell(cell_id).exists():
+            state = "finished"
+        elif paths.cell_failure(cell_id).exists():
+            state = "failed"
+            line += ": " + json.loads(paths.cell_failure(cell_id).read_text())["error"]
+        else:
+            state = "pending"
+        counts[state] += 1
+        print(f"{state:>9}  {line}")
+    running = holder(paths.root)
+    print(", ".join(f"{n} {state}" for state, n in counts.items())
+          + (f"; running: {running}" if running else ""))  # fmt: skip
     return 0
 
 
@@ -375,20 +455,49 @@ def parser() -> argparse.ArgumentParser:
     _add_budget(sub)
     _add_export(sub)
     _add_report(sub)
+    _add_status(sub)
     return p
 
 
-COMMANDS = {"study": study, "budget": budget, "export": export, "report": report}
+COMMANDS = {
+    "study": study, "budget": budget, "export": export, "report": report, "status": status,
+}  # fmt: skip
+
+
+def sweep(p: argparse.ArgumentParser, argv: list[str], path: Path) -> int:
+    """Run the studies of a sweep file, command-line options overriding it."""
+    study_parser = p._subparsers._group_actions[0].choices["study"]
+    known = {action.dest for action in study_parser._actions} - {"help"}
+    studies = expand(read_sweep(path, known))
+    worst, done = 0, set()
+    for defaults in studies:
+        study_parser.set_defaults(**defaults)
+        args = p.parse_args(argv)
+        key = (args.dataset, args.model, args.schedule)
+        if key in done:  # the command line overrode the file's list
+            continue
+        done.add(key)
+        if len(studies) > 1:
+            args.out = args.out / "-".join(key)
+        print(f"study {len(done)} of {len(studies)}: {', '.join(key)} -> {args.out}")
+        worst = max(worst, study(args))
+    return worst
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser()
+    args = p.parse_args(argv)
     fast_cpu_math()
     try:
+        if args.command == "study" and args.config is not None:
+            return sweep(p, argv, args.config)
         return COMMANDS[args.command](args)
     except (ValueError, DataError, OSError) as err:
         print(f"prunelab: error: {err}", file=sys.stderr)
         return 2
+    except CellsFailedError as err:
+        return _report_failures(err.failures)
     except KeyboardInterrupt:
         print("prunelab: interrupted; finished cells are kept, rerun to resume", file=sys.stderr)
         return 130

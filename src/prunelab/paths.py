@@ -48,6 +48,10 @@ class RunPaths:
     def cell(self, cell_id: str) -> Path:
         return self.root / "cells" / f"{cell_id}.json"
 
+    def cell_failure(self, cell_id: str) -> Path:
+        """The error of a cell's last failed attempt (removed when it succeeds)."""
+        return self.root / "cells" / f"{cell_id}.failed.json"
+
     def cell_model(self, cell_id: str) -> Path:
         """The pruned, fine-tuned model of a cell, in prunelab's sparse format."""
         return self.root / "cells" / f"{cell_id}.safetensors"

@@ -26,6 +26,7 @@ from prunelab import plots
 from prunelab.compact import compact
 from prunelab.config import config_id, from_dict, to_json
 from prunelab.data import DATASETS, DataError, Dataset, Split, load_dataset
+from prunelab.executors import Execution, run_cells
 from prunelab.export import (
     OnnxModel,
     compacted_config,
@@ -45,6 +46,7 @@ from prunelab.metrics import (
 from prunelab.models import ModelConfig, build_model, prunable_layers
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod, check_k, prune
+from prunelab.rundir import RunLock, check_compatible
 from prunelab.schedules import Job, Outcome, Schedule, finetune, run_schedule
 from prunelab.storage import atomic_write_text, load_state_dict, save_state_dict
 from prunelab.train import TrainConfig, evaluate, train
@@ -152,6 +154,10 @@ class RunOptions:
     data_dir: Path | None = None
     device: str = "auto"
     download: bool = True
+    executor: str = "local"  # or "ray"
+    workers: int = 1  # local processes running cells
+    ray_address: str | None = None  # an existing Ray cluster; None starts a local one
+    threads: int | None = None  # torch threads per cell; None: cores / workers (Ray: 1)
 
 
 @dataclass
@@ -162,6 +168,7 @@ class StudyResult:
     epochs: list[dict]
     layers: list[dict]
     figures: list[Path]
+    failures: list[dict] = field(default_factory=list)  # {method, k, seed, error} per cell
 
 
 def resolve_device(name: str) -> torch.device:
@@ -174,34 +181,103 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_study(config: StudyConfig, options: RunOptions | None = None) -> StudyResult:
-    """Run (or resume) a study and write its tables and figures."""
-    options = options or RunOptions()
-    paths = RunPaths(Path(options.out))
-    device = resolve_device(options.device)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(paths.config, to_json(config))
-    data = load_study_data(config, options, device)
+def study_cells(config: StudyConfig) -> list[tuple[StudyConfig, PruneMethod, float]]:
+    """Every (per-seed configuration, method, k) of the grid, in the tables' order."""
     methods = [PruneMethod.parse(m) for m in config.methods]
-    seeded = config.per_seed()
-    cells = [(c, method, k) for c in seeded for method in methods for k in config.ks]
+    return [(c, method, k) for c in config.per_seed() for method in methods for k in config.ks]
+
+
+def run_study(config: StudyConfig, options: RunOptions | None = None) -> StudyResult:
+    """Run (or resume) a study and write its tables and figures.
+
+    The run directory is locked for the duration, and refused if it holds a study
+    with a different configuration outside the grid. The dense models are trained
+    first; the cells not yet finished then run on ``options``' executor. A cell that
+    fails is recorded with its error and the others go on; ``StudyResult.failures``
+    lists them, and a rerun retries them.
+    """
+    options = options or RunOptions()
+    execution = Execution(options.executor, options.workers, options.ray_address, options.threads)
+    execution.check()
+    paths = RunPaths(Path(options.out))
+    with RunLock(paths.root):
+        check_compatible(paths.config, config)
+        atomic_write_text(paths.config, to_json(config))
+        bases = _bases_for(config, options)
+        try:
+            dense = _mean_dense([bases.get(c)[2] for c in config.per_seed()])
+            cells = study_cells(config)
+            pending = [
+                (c, m.name, k) for c, m, k in cells if not paths.cell(c.cell_id(m, k)).exists()
+            ]
+            errors = run_cells(pending, cell_work, execution, (options,))
+        finally:
+            _BASES.pop(_bases_key(config, options), None)
+        failures = [_record_failure(paths, *pending[i], error) for i, error in errors.items()]
+        return _collect(config, paths, dense, failures)
+
+
+def _collect(
+    config: StudyConfig, paths: RunPaths, dense: dict, failures: list[dict]
+) -> StudyResult:
+    """The tables and figures, from the finished cells in the grid's order."""
     results, epochs, layers = [], [], []
-    bases = BaseModels(data, paths, device)
-    bar = tqdm(cells, desc="study", unit="cell", disable=None)
-    for cell_config, method, k in bar:
-        seed_text = f" seed {cell_config.seed}" if config.seeds > 1 else ""
-        bar.set_postfix_str(f"{method.name} k={k:g}{seed_text}")
-        cell = run_cell(cell_config, method, k, bases)
-        results += cell["results"]
-        epochs += cell["epochs"]
-        layers += cell["layers"]
-    dense = _mean_dense([bases.get(c)[2] for c in seeded])
+    for cell_config, method, k in study_cells(config):
+        cell_path = paths.cell(cell_config.cell_id(method, k))
+        if cell_path.exists():
+            cell = _with_defaults(json.loads(cell_path.read_text()), cell_config.seed)
+            results += cell["results"]
+            epochs += cell["epochs"]
+            layers += cell["layers"]
+    if not results:
+        raise CellsFailedError(failures)
     _write_csv(paths.results, RESULT_COLUMNS, results)
     _write_csv(paths.epochs, EPOCH_COLUMNS, epochs)
     _write_csv(paths.layers, LAYER_COLUMNS, layers)
     _write_csv(paths.summary, SUMMARY_COLUMNS, summarize(results))
     figures = plots.study_figures(results, epochs, dense, paths.figures)
-    return StudyResult(paths, dense, results, epochs, layers, figures)
+    return StudyResult(paths, dense, results, epochs, layers, figures, failures)
+
+
+class CellsFailedError(RuntimeError):
+    """Every cell of a study failed."""
+
+    def __init__(self, failures: list[dict]):
+        first = failures[0]["error"] if failures else "no cells"
+        super().__init__(f"every cell failed ({len(failures)}); the first: {first}")
+        self.failures = failures
+
+
+def _record_failure(
+    paths: RunPaths, config: StudyConfig, method_name: str, k: float, error: str
+) -> dict:
+    failure = {"method": method_name, "k": k, "seed": config.seed, "error": error}
+    method = PruneMethod.parse(method_name)
+    atomic_write_text(paths.cell_failure(config.cell_id(method, k)), json.dumps(failure))
+    return failure
+
+
+# Each process keeps its dataset and base models between the cells it runs.
+_BASES: dict[tuple, BaseModels] = {}
+
+
+def _bases_key(config: StudyConfig, options: RunOptions) -> tuple:
+    return (config.dataset, config.val_size, config.train_limit, str(options.data_dir),
+            options.download, options.device, str(options.out))  # fmt: skip
+
+
+def _bases_for(config: StudyConfig, options: RunOptions) -> BaseModels:
+    key = _bases_key(config, options)
+    if key not in _BASES:
+        device = resolve_device(options.device)
+        data = load_study_data(config, options, device)
+        _BASES[key] = BaseModels(data, RunPaths(Path(options.out)), device)
+    return _BASES[key]
+
+
+def cell_work(options: RunOptions, config: StudyConfig, method_name: str, k: float) -> None:
+    """Run one cell (in whatever process an executor chose) and store it."""
+    run_cell(config, PruneMethod.parse(method_name), k, _bases_for(config, options))
 
 
 class BaseModels:
@@ -229,6 +305,7 @@ def run_cell(config: StudyConfig, method: PruneMethod, k: float, bases: BaseMode
     cell = _run_cell(config, base_state, rewind_state, method, k, bases.data, bases.device,
                      paths.cell_model(cell_path.stem))  # fmt: skip
     atomic_write_text(cell_path, json.dumps(cell, indent=1))
+    paths.cell_failure(cell_path.stem).unlink(missing_ok=True)
     oneshot, final = cell["results"][:2]
     after = "fine-tuned" if config.schedule.name == "oneshot" else config.schedule.name
     tqdm.write(

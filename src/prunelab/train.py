@@ -156,11 +156,14 @@ def _train(model, train_split, val_split, config, seed, after_step, desc) -> lis
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
                 bar.update()
+            train_loss = loss_sum.item() / n
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"the training loss became {train_loss} in epoch {epoch}")
             val = evaluate(model, val_split)
             records.append(
                 EpochRecord(
                     epoch=epoch,
-                    train_loss=loss_sum.item() / n,
+                    train_loss=train_loss,
                     train_accuracy=correct.item() / n,
                     val_loss=val.loss,
                     val_accuracy=val.accuracy,
