@@ -12,6 +12,7 @@ processes; a shared file system for a multi-node Ray cluster).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import multiprocessing
 import os
 import socket
@@ -127,7 +128,8 @@ def _run_ray(cells: list[Cell], work: Work, execution: Execution, context: tuple
     execution.check()
     try:
         ray.init(address=execution.ray_address, ignore_reinit_error=True,
-                 include_dashboard=False, log_to_driver=False)  # fmt: skip
+                 include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR)  # fmt: skip
     except Exception as err:
         where = execution.ray_address or "a local instance"
         raise ValueError(f"cannot reach the Ray cluster at {where}: {_one_line(err)}") from err

@@ -582,24 +582,27 @@ def load_config(path: str | Path) -> StudyConfig:
 def summary_table(result: StudyResult) -> str:
     """A plain-text table: one line per method and k, one-shot and after the schedule
     (the mean ± standard deviation over seeds where there are several)."""
-    dense = result.dense["test_accuracy"]
-    lines = [
-        f"dense test accuracy {dense:.4f}",
-        f"{'method':>8} {'k':>5} {'sparsity':>8} {'units':>6} {'one-shot':>15} {'final':>15}",
-    ]
-    by_cell: dict[tuple, dict] = {}
-    for row in summarize(result.results):
-        by_cell.setdefault((row["method"], row["k"]), {})[row["phase"]] = row
+    summary = summarize(result.results)
+    several = any(row["seeds"] > 1 for row in summary)
+    width = 15 if several else 9
 
     def accuracy(row: dict) -> str:
         text = f"{row['test_accuracy_mean']:.4f}"
-        return text + (f" ± {row['test_accuracy_std']:.4f}" if row["seeds"] > 1 else "")
+        return text + (f" ± {row['test_accuracy_std']:.4f}" if several else "")
 
+    lines = [
+        f"dense test accuracy {result.dense['test_accuracy']:.4f}",
+        f"{'method':>8} {'k':>5} {'sparsity':>8} {'units':>6} {'one-shot':>{width}} "
+        f"{'final':>{width}}",
+    ]
+    by_cell: dict[tuple, dict] = {}
+    for row in summary:
+        by_cell.setdefault((row["method"], row["k"]), {})[row["phase"]] = row
     for (method, k), phases in by_cell.items():
         final = phases["finetuned"]
         lines.append(
             f"{method:>8} {k:>5g} {final['sparsity']:>8.4f} {final['units_removed']:>6.3f}"
-            f" {accuracy(phases['oneshot']):>15} {accuracy(final):>15}"
+            f" {accuracy(phases['oneshot']):>{width}} {accuracy(final):>{width}}"
         )
     return "\n".join(lines)
 
