@@ -22,7 +22,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prunelab import plots
 from prunelab.compact import compact
 from prunelab.config import config_id, from_dict, to_json
 from prunelab.data import DATASETS, DataError, Dataset, Split, load_dataset
@@ -235,6 +234,8 @@ def _collect(
     _write_csv(paths.epochs, EPOCH_COLUMNS, epochs)
     _write_csv(paths.layers, LAYER_COLUMNS, layers)
     _write_csv(paths.summary, SUMMARY_COLUMNS, summarize(results))
+    from prunelab import plots  # matplotlib: imported when drawing, not on every command
+
     figures = plots.study_figures(results, epochs, dense, paths.figures)
     return StudyResult(paths, dense, results, epochs, layers, figures, failures)
 
