@@ -154,9 +154,11 @@ def answer(method: str, rows: list[dict], dense: dict) -> str:
         if k_oneshot is not None
         else "without fine-tuning, none of the grid"
     )
+    schedule = row.get("schedule", "oneshot")
+    after = "fine-tuning" if schedule == "oneshot" else f"the {schedule} schedule"
     return (
         f"{method}: up to {100 * k:g}% of the {what} can be removed, with test accuracy "
-        f"{100 * row['test_accuracy']:.2f}% vs {dense_text} after fine-tuning ({without})."
+        f"{100 * row['test_accuracy']:.2f}% vs {dense_text} after {after} ({without})."
     )
 
 
@@ -164,11 +166,13 @@ def _seed_means(rows: list[dict]) -> list[dict]:
     """Test accuracy per (method, phase, k), averaged over seeds."""
     groups: dict[tuple, list[float]] = {}
     for row in rows:
-        groups.setdefault((row["method"], row["phase"], row["k"]), []).append(row["test_accuracy"])
+        key = (row["method"], row["schedule"], row["phase"], row["k"])
+        groups.setdefault(key, []).append(row["test_accuracy"])
     return [
-        {"method": method, "phase": phase, "k": k, "test_accuracy": sum(v) / len(v)}
-        for (method, phase, k), v in groups.items()
-    ]
+        {"method": method, "schedule": schedule, "phase": phase, "k": k,
+         "test_accuracy": sum(v) / len(v)}
+        for (method, schedule, phase, k), v in groups.items()
+    ]  # fmt: skip
 
 
 def _describe_methods(config: StudyConfig) -> list[str]:
