@@ -125,7 +125,7 @@ def test_sigkill_at_random_moments_loses_nothing_finished(tiny_data_dir, tmp_pat
 def test_two_workers_give_the_results_of_one(tiny_data_dir, tmp_path):
     """With the same torch threads per cell (float sums depend on the thread count)."""
     one = run(*tiny_args(tiny_data_dir, tmp_path / "one", "--threads", "1"))
-    two = run(*tiny_args(tiny_data_dir, tmp_path / "two", "--workers", "2"))
+    two = run(*tiny_args(tiny_data_dir, tmp_path / "two", "--workers", "2", "--threads", "1"))
     assert one.returncode == 0 and two.returncode == 0, two.stderr
     assert results_without_timing(tmp_path / "one") == results_without_timing(tmp_path / "two")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import multiprocessing
-import os
 import socket
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -68,8 +67,12 @@ Work = Callable[..., None]
 
 
 def threads_per_worker(workers: int) -> int:
-    """Split the machine's cores between the workers (at least one thread each)."""
-    return max(1, (os.cpu_count() or 1) // workers)
+    """Split this process's torch threads between the workers (at least one each).
+
+    torch's count is the machine's cores unless ``OMP_NUM_THREADS`` (or
+    ``torch.set_num_threads``) says otherwise, so the environment is respected.
+    """
+    return max(1, torch.get_num_threads() // workers)
 
 
 def run_cells(cells: list[Cell], work: Work, execution: Execution, context: tuple) -> dict:
