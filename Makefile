@@ -20,8 +20,8 @@ study: install
 	$(BIN)/prunelab study
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/ruff format --check src tests benchmarks docs
 
 test: lint
 	$(BIN)/python -m pytest

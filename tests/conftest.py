@@ -14,6 +14,7 @@ from prunelab.train import fast_cpu_math
 fast_cpu_math()  # as the command line does, before torch starts its threads
 
 PRUNELAB = [sys.executable, "-m", "prunelab.cli"]
+FIXTURE_0_1_0 = Path(__file__).parent / "fixtures" / "run-0.1.0"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -62,3 +63,32 @@ def tiny_run(tiny_data_dir, tmp_path_factory):
         "--device", "cpu",
     )  # fmt: skip
     return out, result
+
+
+def forbid_computation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make training a network or computing a cell fail, wherever it is called from:
+    every prunelab module's reference to ``train`` is replaced, not just one."""
+    import prunelab.study
+    import prunelab.train
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a finished cell or the base model was recomputed")
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("prunelab") and getattr(module, "train", None) is prunelab.train.train:
+            monkeypatch.setattr(module, "train", forbidden)
+    monkeypatch.setattr(prunelab.study, "_run_cell", forbidden)
+
+
+def count_cells(monkeypatch: pytest.MonkeyPatch) -> list:
+    """A list that grows by one (method name, k) per cell computed from now on."""
+    import prunelab.study
+
+    computed, real = [], prunelab.study._run_cell
+
+    def counting(config, base, rewind, method, k, *args):
+        computed.append((method.name, k))
+        return real(config, base, rewind, method, k, *args)
+
+    monkeypatch.setattr(prunelab.study, "_run_cell", counting)
+    return computed

@@ -1,6 +1,5 @@
 import csv
 import importlib.util
-import re
 
 import pytest
 
@@ -139,16 +138,47 @@ def test_bad_criteria_and_scopes_are_one_line_errors(args, message, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_the_readme_documents_every_option_of_every_command():
+def test_the_readme_cli_reference_is_the_help_of_every_command():
+    """Regenerate it with ``python docs/cli_reference.py``."""
+    import importlib.util
     from pathlib import Path
 
-    from prunelab.cli import parser
+    path = Path(__file__).parent.parent / "docs" / "cli_reference.py"
+    spec = importlib.util.spec_from_file_location("cli_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = module.README.read_text()
+    assert readme == module.updated(readme), "run python docs/cli_reference.py"
+    for name in ("study", "budget", "export", "report", "status"):
+        assert f"`prunelab {name} --help`" in readme
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    subparsers = parser()._subparsers._group_actions[0].choices
-    for name, sub in subparsers.items():
-        assert f"`prunelab {name} --help`" in readme, name
-        for action in sub._actions:
-            for flag in action.option_strings:
-                if flag.startswith("--") and flag != "--help":
-                    assert re.search(rf"^  (-\w \w+, )?{flag}\b", readme, re.M), f"{name} {flag}"
+
+@pytest.mark.parametrize(
+    "flag, setting",
+    [
+        ("--epochs", lambda c: c.train.epochs),
+        ("--lr-schedule", lambda c: c.train.lr_schedule),
+        ("--finetune-lr", lambda c: c.finetune.lr),
+        ("--finetune-lr-schedule", lambda c: c.finetune.lr_schedule),
+        ("--finetune-epochs", lambda c: c.finetune.epochs),
+    ],
+)
+def test_help_states_each_recipes_own_default(flag, setting):
+    from prunelab.cli import build_study_config, parser, subcommands
+    from prunelab.study import RECIPES
+
+    (action,) = [a for a in subcommands()["study"]._actions if flag in a.option_strings]
+    for name in RECIPES:
+        value = setting(build_study_config(parser().parse_args(["study", "--recipe", name])))
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        assert f"{name} {shown}" in action.help, (flag, name)
+
+
+def test_version_comes_from_the_package():
+    from importlib.metadata import version
+
+    import prunelab
+
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"prunelab {prunelab.__version__}"
+    assert version("prunelab") == prunelab.__version__

@@ -41,28 +41,48 @@ class TableReader(HTMLParser):
             self._cell = None
 
 
-def rows_at(ks_and_accuracies, method="weight", phase="finetuned"):
+def rows_at(ks_and_accuracies, method="weight", phase="finetuned", seed=0):
+    """Result rows; test accuracy is validation accuracy minus a point, so that a
+    rule that looked at test accuracy would choose differently."""
     return [
-        {"method": method, "phase": phase, "k": k, "test_accuracy": a} for k, a in ks_and_accuracies
-    ]
+        {"method": method, "schedule": "oneshot", "phase": phase, "seed": seed, "k": k,
+         "val_accuracy": a, "test_accuracy": a - 0.01}
+        for k, a in ks_and_accuracies
+    ]  # fmt: skip
 
 
-def test_largest_k_stops_at_the_first_k_outside_the_tolerance():
-    rows = rows_at([(0.5, 0.985), (0.9, 0.975), (0.8, 0.981), (0.95, 0.984)])
-    k, row = largest_k_within(rows, dense_accuracy=0.986)
-    assert k == 0.8 and row["test_accuracy"] == 0.981  # 0.95 is within, but 0.9 is not
-    assert largest_k_within(rows_at([(0.5, 0.90)]), 0.986) == (None, None)
+DENSE = {"val_accuracy": 0.986, "test_accuracy": 0.98}
+
+
+def test_largest_k_is_chosen_on_validation_accuracy():
+    rows = rows_at([(0.5, 0.985), (0.9, 0.975), (0.8, 0.981), (0.95, 0.977)])
+    k, row = largest_k_within(rows, dense_val_accuracy=0.986, max_drop=1)
+    assert k == 0.95 and row["val_accuracy"] == 0.977  # 0.9 is outside, 0.95 within
+    assert largest_k_within(rows, 0.986, max_drop=0.5)[0] == 0.8
+    assert largest_k_within(rows_at([(0.5, 0.90)]), 0.986, 1) == (None, None)
 
 
 def test_answer_sentences_name_the_k_and_both_accuracies():
     rows = rows_at([(0.5, 0.985), (0.9, 0.979)]) + rows_at([(0.5, 0.97)], phase="oneshot")
-    dense = {"test_accuracy": 0.986}
-    assert answer("weight", rows, dense) == (
-        "weight: up to 90% of the weights can be removed, with test accuracy 97.90% vs "
-        "98.60% dense after fine-tuning (without fine-tuning, none of the grid)."
+    result = answer("weight", rows, DENSE)
+    assert (result.k, result.k_oneshot, result.test_accuracy) == (0.9, None, 0.969)
+    assert result.sentence == (
+        "weight: up to 90% of the weights can be removed, with test accuracy 96.90% vs "
+        "98.00% dense after fine-tuning (k chosen on validation: 97.90% vs 98.60%; without "
+        "fine-tuning, none of the grid)."
     )
-    text = answer("unit:obd", rows_at([(0.5, 0.5)], method="unit:obd"), dense)
-    assert text.startswith("unit:obd: no k of the grid stays within 1 point") and "50.00%" in text
+    text = answer("unit:obd", rows_at([(0.5, 0.5)], method="unit:obd"), DENSE).sentence
+    assert (
+        text.startswith("unit:obd: no k > 0 of the grid stays within 1 point") and "50.00%" in text
+    )
+
+
+def test_answer_over_seeds_compares_means_with_the_mean_dense_model():
+    rows = rows_at([(0.5, 0.980), (0.9, 0.974)]) + rows_at([(0.5, 0.982), (0.9, 0.978)], seed=1)
+    # seed 0's dense model alone (0.986) would reject k = 0.9; the mean (0.984) does not
+    result = answer("weight", rows, {"val_accuracy": 0.984, "test_accuracy": 0.98})
+    assert result.k == 0.9 and result.seeds == 2
+    assert abs(result.val_accuracy - 0.976) < 1e-12
 
 
 def test_report_shows_the_numbers_of_results_csv(tiny_run):
@@ -142,3 +162,23 @@ def test_headless_chromium_renders_every_figure_offline(tiny_run, tmp_path):
     widths = dom.split('data-figures="')[1].split('"')[0].split(",")
     assert len(widths) == len(list((out / "figures").glob("*.png")))
     assert all(int(width) > 100 for width in widths)
+
+
+def test_the_reports_answer_is_the_largest_k_within_the_tolerance_on_validation(tiny_run):
+    """Recomputed from results.csv and the dense model's record, independently."""
+    out, result = tiny_run
+    assert result.returncode == 0, result.stderr
+    (record,) = [json.loads(p.read_text()) for p in out.glob("base/*.json")]
+    rows = read_results(out / "results.csv")
+    answers = {a["method"]: a for a in json.loads((out / "answers.json").read_text())}
+    report = (out / "report.md").read_text()
+    for method in ("weight", "unit"):
+        tuned = [r for r in rows if r["method"] == method and r["phase"] == "finetuned"]
+        within = [r["k"] for r in tuned if r["val_accuracy"] >= record["val_accuracy"] - 0.01]
+        expected = max(within) if within else None
+        assert answers[method]["k"] == expected
+        assert answers[method]["dense_val_accuracy"] == record["val_accuracy"]
+        if expected is not None:
+            (row,) = [r for r in tuned if r["k"] == expected]
+            assert answers[method]["test_accuracy"] == row["test_accuracy"]
+            assert f"up to {100 * expected:g}% of the" in report

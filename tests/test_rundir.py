@@ -1,9 +1,11 @@
 """Run directories that survive crashes: locks, compatibility, failures, resumption."""
 
 import csv
+import dataclasses
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -18,7 +20,7 @@ from prunelab.rundir import RunDirError, RunLock
 from prunelab.study import RunOptions, StudyConfig, run_study
 from prunelab.train import TrainConfig, train
 
-from .conftest import PRUNELAB, run
+from .conftest import FIXTURE_0_1_0, PRUNELAB, count_cells, forbid_computation, run
 
 TIMING = ("seconds", "latency_ms_b1", "latency_ms_b256")
 
@@ -95,31 +97,70 @@ def cell_name(path):
     return cell["method"] + str(cell["k"])
 
 
+def computed_cells(lines):
+    """The cells a study printed as computed: "METHOD k=K seed S test accuracy ..."."""
+    words = [line.split() for line in lines if "test accuracy one-shot" in line]
+    return {w[0] + str(float(w[1][2:])) for w in words}
+
+
 def test_sigkill_at_random_moments_loses_nothing_finished(tiny_data_dir, tmp_path):
-    """Kill a study three times, resume it each time: the final tables equal an
-    uninterrupted run's, and no cell is computed twice."""
-    args = tiny_args(tiny_data_dir, tmp_path / "killed", "--methods", "weight,weight:obd")
-    assert run(*tiny_args(tiny_data_dir, tmp_path / "whole", "--methods",
-                          "weight,weight:obd")).returncode == 0  # fmt: skip
+    """Kill a study three times while it runs (once just after its dense model is
+    saved, twice after a random number of cells), resume it each time: every kill
+    hits a running study, the final tables equal an uninterrupted run's, and no cell
+    is computed twice."""
+    grid = ("--methods", "weight,weight:obd", "--ks", "0,0.3,0.5,0.6,0.7,0.8,0.9,0.95,0.97,0.99")
+    args = tiny_args(tiny_data_dir, tmp_path / "killed", *grid)
+    assert run(*tiny_args(tiny_data_dir, tmp_path / "whole", *grid)).returncode == 0
     rng = random.Random(0)
-    computed = []
+    computed, kills = [], 0
     for attempt in range(4):
         finished = set(map(cell_name, (tmp_path / "killed").glob("cells/*.json")))
         process = subprocess.Popen([*PRUNELAB, *args], stdout=subprocess.PIPE, text=True,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
-        if attempt < 3:
-            time.sleep(rng.uniform(1.5, 6.0))
+        lines = []
+        if attempt < 3:  # 20 cells: at most 1 + 2 * 3 finish before the last kill
+            cells = rng.randint(1, 3) if attempt else 0
+            while not lines or len(computed_cells(lines)) < cells:
+                lines.append(process.stdout.readline())
+                assert lines[-1], f"the study ended before the kill (status {process.wait()})"
+            time.sleep(rng.uniform(0.0, 0.05))
             process.send_signal(signal.SIGKILL)
         out, _ = process.communicate(timeout=300)
-        # each cell computed prints "METHOD k=K seed S test accuracy ..."
-        lines = [line.split() for line in out.splitlines() if "test accuracy one-shot" in line]
-        done_now = {words[0] + str(float(words[1][2:])) for words in lines}
+        lines += out.splitlines()
+        if attempt < 3:
+            assert process.returncode == -signal.SIGKILL, "the study had ended: no kill hit it"
+            kills += 1
+        done_now = computed_cells(lines)
         assert not done_now & finished, "a finished cell was computed again"
         computed += done_now
-    assert process.returncode == 0
+    assert kills == 3 and process.returncode == 0
     assert len(computed) == len(set(computed))  # (a cell written just before a kill
-    # may have gone unreported, so fewer than nine is possible)
+    # may have gone unreported, so fewer than twenty is possible)
     assert results_without_timing(tmp_path / "killed") == results_without_timing(tmp_path / "whole")
+
+
+def test_a_0_1_0_run_directory_resumes_after_a_setting_is_added(
+    tiny_data_dir, tmp_path, monkeypatch
+):
+    """0.1.0 hashed every setting into ids; its directories are renamed to today's ids,
+    which a setting added later (here a TrainConfig field) leaves unchanged."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(FIXTURE_0_1_0, run_dir)
+    stored = study_module.load_config(run_dir / "config.json")
+    grown = dataclasses.make_dataclass(
+        "TrainConfig", [("label_smoothing", float, 0.0)], bases=(TrainConfig,), frozen=True
+    )
+    monkeypatch.setattr(study_module, "TrainConfig", grown)  # what config.json is read with
+    config = replace(stored, train=grown(**dataclasses.asdict(stored.train)))
+    options = RunOptions(out=run_dir, data_dir=tiny_data_dir, device="cpu")
+    with monkeypatch.context() as patch:
+        forbid_computation(patch)
+        run_study(config, options)
+    assert results_without_timing(run_dir) == results_without_timing(FIXTURE_0_1_0)
+    assert not list(run_dir.glob("cells/a9044f4e595f1866.*"))  # renamed, not copied
+    cells = count_cells(monkeypatch)
+    grown_grid = run_study(replace(config, ks=(0.5, 0.9)), options)
+    assert len(cells) == 2 and {row["k"] for row in grown_grid.results} == {0.5, 0.9}
 
 
 def test_two_workers_give_the_results_of_one(tiny_data_dir, tmp_path):

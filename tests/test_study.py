@@ -3,10 +3,11 @@ import csv
 import pytest
 import torch
 
-from prunelab import study as study_module
 from prunelab.models import ModelConfig
 from prunelab.study import RunOptions, StudyConfig, run_study, summary_table
 from prunelab.train import TrainConfig
+
+from .conftest import forbid_computation
 
 KS = (0.0, 0.5, 0.9)
 
@@ -96,11 +97,7 @@ def test_finetuning_recovers_accuracy(finished):
 
 def test_rerun_reuses_base_model_and_finished_cells(finished, tiny_data_dir, monkeypatch):
     result, out = finished
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished cell or the base model was recomputed")
-
-    monkeypatch.setattr(study_module, "train", no_training)
+    forbid_computation(monkeypatch)
     again = run_study(tiny_config(), RunOptions(out=out, data_dir=tiny_data_dir, device="cpu"))
     assert again.results == result.results
 

@@ -1,4 +1,57 @@
 """prunelab: how much of a trained network can be pruned, by which criterion, and how
-much smaller and faster is what remains."""
+much smaller and faster is what remains.
 
-__version__ = "0.1.0"
+The public API, importable from here::
+
+    import prunelab
+    masks = prunelab.prune(model, prunelab.PruneMethod("unit", "obd"), 0.5, batches=batches)
+    small = prunelab.compact(model)
+
+``prunelab.prune`` and ``prunelab.compact`` are these functions; the modules of the
+same names are imported as ``from prunelab.prune.masks import Masks``.
+"""
+
+__version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
+
+from prunelab.budget import BudgetAnswer, BudgetResult, budget_study, find_budget
+from prunelab.compact import CompactionError, compact
+from prunelab.data import DataError, Dataset, Split, load_dataset
+from prunelab.export import load_sparse, save_onnx, save_sparse, to_csr
+from prunelab.models import ModelConfig, build_model, prunable_layers
+from prunelab.prune import Masks, PruneMethod, prune
+from prunelab.report import write_report
+from prunelab.schedules import Schedule
+from prunelab.study import RunOptions, StudyConfig, StudyResult, export_cell, run_study
+from prunelab.train import TrainConfig
+
+__all__ = [
+    "BudgetAnswer",
+    "BudgetResult",
+    "CompactionError",
+    "DataError",
+    "Dataset",
+    "Masks",
+    "ModelConfig",
+    "PruneMethod",
+    "RunOptions",
+    "Schedule",
+    "Split",
+    "StudyConfig",
+    "StudyResult",
+    "TrainConfig",
+    "__version__",
+    "budget_study",
+    "build_model",
+    "compact",
+    "export_cell",
+    "find_budget",
+    "load_dataset",
+    "load_sparse",
+    "prunable_layers",
+    "prune",
+    "run_study",
+    "save_onnx",
+    "save_sparse",
+    "to_csr",
+    "write_report",
+]

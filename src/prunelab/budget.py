@@ -38,6 +38,13 @@ from prunelab.study import (
 from prunelab.train import TrainConfig, evaluate
 
 K_MAX = 0.995  # the bracket stops here: a network needs something left
+DEFAULT_MAX_DROP = 1.0  # accuracy points: the tolerance of `budget` and of the report's answer
+DEFAULT_RESOLUTION = 0.005  # of k: half a point
+
+
+def points(drop: float) -> str:
+    """A tolerance in accuracy points, in words: "1 point", "0.5 points"."""
+    return f"{drop:g} point" + ("" if drop == 1 else "s")
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,7 @@ class BudgetAnswer:
         if self.k == 0:
             lowest = min(self.probes, key=lambda p: p.k)
             return (
-                f"{how}: nothing can be removed within {self.max_drop:g} point(s) of dense "
+                f"{how}: nothing can be removed within {points(self.max_drop)} of dense "
                 f"accuracy; even k = {lowest.k:g} gives {100 * lowest.val_accuracy:.2f}% on "
                 f"validation vs {100 * self.dense_val_accuracy:.2f}% dense."
             )
@@ -95,7 +102,7 @@ def search(
     probe: Callable[[float], Probe],
     dense_val_accuracy: float,
     max_drop: float,
-    resolution: float = 0.005,
+    resolution: float = DEFAULT_RESOLUTION,
 ) -> tuple[Probe | None, list[Probe]]:
     """The largest k (to ``resolution``) whose probe stays within ``max_drop`` points.
 
@@ -160,7 +167,7 @@ def find_budget(
     max_drop: float = 1.0,
     finetune: TrainConfig | None = None,
     test_loader: Iterable | None = None,
-    resolution: float = 0.005,
+    resolution: float = DEFAULT_RESOLUTION,
     calibration_size: int = 1024,
     seed: int = 0,
 ) -> BudgetResult:
@@ -227,7 +234,7 @@ def budget_study(
     criteria: Iterable[str],
     schedules: Iterable[str],
     max_drop: float,
-    resolution: float = 0.005,
+    resolution: float = DEFAULT_RESOLUTION,
 ) -> list[BudgetAnswer]:
     """The budget of a built-in model and dataset, per criterion and schedule.
 

@@ -10,10 +10,19 @@ from pathlib import Path
 
 import torch
 
-from prunelab.budget import answers_table, budget_study, check_max_drop
+from prunelab import __version__
+from prunelab.budget import (
+    DEFAULT_MAX_DROP,
+    DEFAULT_RESOLUTION,
+    answers_table,
+    budget_study,
+    check_max_drop,
+    points,
+)
 from prunelab.data import DATASETS, DataError
 from prunelab.executors import EXECUTORS
-from prunelab.models import MODELS, ModelConfig
+from prunelab.migrate import migrate_ids
+from prunelab.models import DEFAULT_SIZES, MODELS, ModelConfig
 from prunelab.paths import RunPaths
 from prunelab.prune.method import CRITERION_NAMES, SCOPES, STRUCTURES, PruneMethod
 from prunelab.report import write_report
@@ -33,7 +42,7 @@ from prunelab.study import (
     summary_table,
 )
 from prunelab.sweep import expand, read_sweep
-from prunelab.train import fast_cpu_math
+from prunelab.train import TrainConfig, fast_cpu_math
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -58,6 +67,26 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+def _training(train: TrainConfig) -> str:
+    return (
+        f"{train.optimizer}, lr {train.lr:g} ({train.lr_schedule}), batch {train.batch_size}, "
+        f"{train.epochs} epochs" + (", augmentation" if train.augment else "")
+    )
+
+
+def _plain(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _by_recipe(setting) -> str:
+    """'(default: the recipe's: fast 5, seed 20)', read from the recipes themselves."""
+    values = ", ".join(f"{name} {_plain(setting(config))}" for name, config in RECIPES.items())
+    return f"(default: the recipe's: {values})"
+
+
+QUICK = quick(StudyConfig())
+
+
 def _add_study(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "study",
@@ -73,7 +102,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--methods",
         type=_names,
-        default="weight,unit",
+        default=",".join(StudyConfig().methods),
         help=f"comma-separated STRUCTURE[:CRITERION][@SCOPE]; structures: "
         f"{', '.join(STRUCTURES)}; criteria: {', '.join(CRITERION_NAMES)}; a bare "
         "structure means magnitude (default: %(default)s)",
@@ -101,7 +130,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         "the dense recipe; adds a random-reinit control) (default: oneshot)",
     )  # fmt: skip
     p.add_argument(
-        "--seeds", type=int, default=1,
+        "--seeds", type=int, default=StudyConfig().seeds,
         help="repeat every cell, base model included, over this many seeds; tables give "
         "mean and std, figures a band (default: 1)",
     )  # fmt: skip
@@ -112,18 +141,18 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         "override it",
     )  # fmt: skip
     p.add_argument(
-        "--workers", type=int, default=1,
-        help="run cells in this many local processes, the cores shared between them "
-        "(default: 1, in this process)",
+        "--workers", type=int, default=RunOptions().workers,
+        help="run cells in this many local processes, the torch threads shared between "
+        "them (default: %(default)s, in this process)",
     )  # fmt: skip
     p.add_argument(
         "--threads", type=int,
-        help="torch threads per cell (default: the cores shared between the workers; "
-        "ray: 1). Results are identical across executors and worker counts for the same "
-        "threads per cell",
+        help="torch threads per cell (default: torch's thread count, which follows "
+        "OMP_NUM_THREADS, shared between the workers; ray: 1). Results are identical across "
+        "executors and worker counts for the same threads per cell",
     )  # fmt: skip
     p.add_argument(
-        "--executor", default="local", choices=EXECUTORS,
+        "--executor", default=RunOptions().executor, choices=EXECUTORS,
         help="local (default): this machine; ray: Ray tasks on a cluster (prunelab[ray])",
     )  # fmt: skip
     p.add_argument(
@@ -135,48 +164,63 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
 
 def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     """Options shared by study and budget: data, model, training, where and how to run."""
-    p.add_argument("--dataset", default="mnist", help=f"{' or '.join(DATASETS)} (default: mnist)")
+    p.add_argument(
+        "--dataset", default=StudyConfig().dataset,
+        help=f"{' or '.join(DATASETS)} (default: %(default)s)",
+    )  # fmt: skip
     p.add_argument("--data-dir", type=Path, help="folder holding the dataset's four IDX files")
     p.add_argument("--no-download", action="store_true", help="never download data")
     p.add_argument(
         "--recipe",
         choices=sorted(RECIPES),
         default="fast",
-        help="fast (default): Adam, cosine lr, batch 128, 5 epochs; seed: the seed notebook's "
-        "RMSprop lr 1e-4, batch 16, dropout and augmentation, 20 epochs",
+        help="; ".join(
+            f"{name}: {_training(config.train)}" + (", dropout" if config.model.dropout else "")
+            for name, config in RECIPES.items()
+        )
+        + " (default: %(default)s)",
     )
     p.add_argument(
-        "--model", default="mlp", choices=sorted(MODELS),
-        help="mlp: the seed's ReLU MLP; lenet5: a small CNN (default: mlp)",
+        "--model", default=ModelConfig().name, choices=sorted(MODELS),
+        help="mlp: the seed's ReLU MLP; lenet5: a small CNN (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--hidden", type=_ints,
-        help="hidden sizes (default: mlp 1000,1000,500,200; lenet5 6,16,120,84)",
+        help="hidden sizes (default: "
+        + "; ".join(f"{name} {','.join(map(str, sizes))}" for name, sizes in DEFAULT_SIZES.items())
+        + ")",
     )  # fmt: skip
     p.add_argument(
-        "--epochs", type=int, help="training epochs of the dense model (default: the recipe's)"
-    )
+        "--epochs", type=int,
+        help="training epochs of the dense model " + _by_recipe(lambda c: c.train.epochs),
+    )  # fmt: skip
     p.add_argument(
-        "--lr", type=float, help="peak learning rate of the dense model (default: the recipe's)"
-    )
+        "--lr", type=float,
+        help="peak learning rate of the dense model " + _by_recipe(lambda c: c.train.lr),
+    )  # fmt: skip
     p.add_argument(
         "--lr-schedule", choices=("cosine", "constant"),
-        help="learning-rate schedule of the dense model (default: the recipe's)",
+        help="learning-rate schedule of the dense model "
+        + _by_recipe(lambda c: c.train.lr_schedule),
     )  # fmt: skip
     p.add_argument(
         "--batch-size",
         type=int,
-        help="batch size of training and fine-tuning (default: the recipe's)",
+        help="batch size of training and fine-tuning " + _by_recipe(lambda c: c.train.batch_size),
     )
-    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per cell (default: 1)")
+    p.add_argument(
+        "--finetune-epochs", type=int,
+        help="fine-tuning epochs per cell " + _by_recipe(lambda c: c.finetune.epochs),
+    )  # fmt: skip
     p.add_argument(
         "--finetune-lr",
         type=float,
-        help="peak fine-tuning learning rate (default: the recipe's; fast: 1e-3, cosine to zero)",
+        help="peak fine-tuning learning rate " + _by_recipe(lambda c: c.finetune.lr),
     )
     p.add_argument(
         "--finetune-lr-schedule", choices=("cosine", "constant"),
-        help="learning-rate schedule of fine-tuning (default: cosine)",
+        help="learning-rate schedule of fine-tuning "
+        + _by_recipe(lambda c: c.finetune.lr_schedule),
     )  # fmt: skip
     p.add_argument(
         "--rounds", type=int, default=Schedule().rounds,
@@ -194,34 +238,35 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument(
         "--val-size",
         type=int,
-        default=5000,
+        default=StudyConfig().val_size,
         help="validation images carved from the training set (default: %(default)s)",
     )
     p.add_argument(
         "--train-limit", type=int, help="use only this many training images (default: all)"
     )
     p.add_argument(
-        "--calibration", type=int, default=1024,
+        "--calibration", type=int, default=StudyConfig().calibration_size,
         help="training images that obd, fisher, taylor, obs and obc look at (default: %(default)s)",
     )  # fmt: skip
     p.add_argument("--prune-last", action="store_true", help="prune the logits layer too")
     p.add_argument(
         "--seed",
         type=int,
-        default=0,
+        default=StudyConfig().seed,
         help="seed of initialisation, batch order and dropout (default: %(default)s)",
     )
     p.add_argument(
-        "--quick", action="store_true", help="small and fast: 10,000 training images, 3 epochs"
-    )
+        "--quick", action="store_true",
+        help=f"small and fast: {QUICK.train_limit:,} training images, {QUICK.train.epochs} epochs",
+    )  # fmt: skip
     p.add_argument(
         "--out", type=Path, default=Path(default_out), help="run directory (default: %(default)s)"
     )
     p.add_argument(
         "--device",
-        default="auto",
+        default=RunOptions().device,
         choices=("auto", "cpu", "cuda"),
-        help="where to compute (default: auto)",
+        help="where to compute (default: %(default)s)",
     )
 
 
@@ -353,6 +398,7 @@ def status(args: argparse.Namespace) -> int:
     if not paths.config.exists():
         raise ValueError(f"{args.run_dir} is not a study run directory (it has no config.json)")
     config = load_config(paths.config)
+    migrate_ids(paths, config)
     counts = {"finished": 0, "failed": 0, "pending": 0}
     for cell_config, method, k in study_cells(config):
         cell_id = cell_config.cell_id(method, k)
@@ -395,9 +441,9 @@ def _add_budget(sub: argparse._SubParsersAction) -> None:
         "--schedules", type=_names, default="oneshot",
         help=f"comma-separated schedules: {', '.join(SCHEDULES)} (default: %(default)s)",
     )  # fmt: skip
-    p.add_argument("--max-drop", type=float, default=1.0,
+    p.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP,
                    help="tolerated drop in accuracy points (default: %(default)s)")  # fmt: skip
-    p.add_argument("--resolution", type=float, default=0.005,
+    p.add_argument("--resolution", type=float, default=DEFAULT_RESOLUTION,
                    help="resolution of k (default: %(default)s, half a point)")  # fmt: skip
     _add_run_options(p, default_out="runs/budget")
 
@@ -432,8 +478,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         description=(
             "Write RUN_DIR/report.html (one self-contained file, figures embedded) and "
             "RUN_DIR/report.md from a study's run directory: its configuration, the largest "
-            "k per method within 1 point of dense accuracy, the figures and the results "
-            "table. prunelab study writes both at the end of every run."
+            f"k per method within {points(DEFAULT_MAX_DROP)} of dense validation accuracy "
+            "(with its test accuracy), the figures and the results table, and "
+            "RUN_DIR/answers.json. prunelab study writes them at the end of every run."
         ),
     )
     p.add_argument("run_dir", type=Path, help="the study's run directory")
@@ -450,6 +497,7 @@ def parser() -> argparse.ArgumentParser:
         prog="prunelab",
         description="How much of a trained network can be pruned, by which criterion?",
     )
+    p.add_argument("--version", action="version", version=f"prunelab {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_study(sub)
     _add_budget(sub)
@@ -459,6 +507,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def subcommands(p: argparse.ArgumentParser | None = None) -> dict[str, argparse.ArgumentParser]:
+    """Each command's parser (of ``p``, or of a new parser), by name."""
+    return (p or parser())._subparsers._group_actions[0].choices
+
+
 COMMANDS = {
     "study": study, "budget": budget, "export": export, "report": report, "status": status,
 }  # fmt: skip
@@ -466,7 +519,7 @@ COMMANDS = {
 
 def sweep(p: argparse.ArgumentParser, argv: list[str], path: Path) -> int:
     """Run the studies of a sweep file, command-line options overriding it."""
-    study_parser = p._subparsers._group_actions[0].choices["study"]
+    study_parser = subcommands(p)["study"]
     known = {action.dest for action in study_parser._actions} - {"help"}
     studies = expand(read_sweep(path, known))
     worst, done = 0, set()

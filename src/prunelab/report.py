@@ -15,12 +15,13 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from prunelab.budget import DEFAULT_MAX_DROP, points
+from prunelab.migrate import migrate_ids
 from prunelab.paths import RunPaths
+from prunelab.provenance import describe
 from prunelab.prune import PruneMethod
 from prunelab.storage import atomic_write_text
-from prunelab.study import StudyConfig, load_config
-
-TOLERANCE = 0.01  # the answer: largest k whose fine-tuned accuracy is within 1 point of dense
+from prunelab.study import StudyConfig, load_config, mean_dense
 
 STRUCTURE_TEXT = {
     "weight": "single weights are set to zero (the layers keep their shape)",
@@ -85,7 +86,7 @@ class Table:
 class Report:
     title: str
     what: list[str]
-    answers: list[str]
+    answers: list[Answer]
     config: list[tuple[str, str]]
     figures: list[FigureEntry]
     tables: list[Table]
@@ -122,56 +123,84 @@ def format_value(column: str, value) -> str:
     return str(value)
 
 
-def largest_k_within(rows: list[dict], dense_accuracy: float, tolerance: float = TOLERANCE):
-    """The largest k of the grid up to which every fine-tuned accuracy stays within
-    ``tolerance`` of dense, with its row; (None, None) if even the smallest k does not."""
-    best = (None, None)
-    for row in sorted(rows, key=lambda r: r["k"]):
-        if row["test_accuracy"] < dense_accuracy - tolerance:
-            break
-        best = (row["k"], row)
-    return best
+def largest_k_within(rows: list[dict], dense_val_accuracy: float, max_drop: float):
+    """The largest k of the grid whose validation accuracy is within ``max_drop``
+    points of dense validation accuracy, with its row; (None, None) if none is."""
+    within = [r for r in rows if r["val_accuracy"] >= dense_val_accuracy - max_drop / 100]
+    if not within:
+        return None, None
+    best = max(within, key=lambda r: r["k"])
+    return best["k"], best
 
 
-def answer(method: str, rows: list[dict], dense: dict) -> str:
-    """One sentence: how much ``method`` removes within 1 point of dense accuracy."""
-    parsed = PruneMethod.parse(method)
-    what = "hidden units" if parsed.structure == "unit" else "weights"
-    tuned = [r for r in rows if r["method"] == method and r["phase"] == "finetuned"]
-    oneshot = [r for r in rows if r["method"] == method and r["phase"] == "oneshot"]
-    dense_text = f"{100 * dense['test_accuracy']:.2f}% dense"
-    k, row = largest_k_within(tuned, dense["test_accuracy"])
-    if k is None:
-        smallest = min(tuned, key=lambda r: r["k"])
+@dataclass(frozen=True)
+class Answer:
+    """How much of the network one method removes within the tolerance: k is chosen
+    on validation accuracy, and the test accuracy at that k is what is reported."""
+
+    method: str
+    schedule: str
+    max_drop: float  # accuracy points
+    k: float | None  # after fine-tuning (or the schedule); None: no k of the grid is within
+    k_oneshot: float | None  # the same rule, right after pruning
+    at_k: float  # the k of the accuracies below: k, or the grid's smallest when k is None
+    val_accuracy: float
+    test_accuracy: float
+    dense_val_accuracy: float
+    dense_test_accuracy: float
+    seeds: int
+
+    @property
+    def sentence(self) -> str:
+        what = "hidden units" if PruneMethod.parse(self.method).structure == "unit" else "weights"
+        val = f"{100 * self.val_accuracy:.2f}% vs {100 * self.dense_val_accuracy:.2f}%"
+        test = f"{100 * self.test_accuracy:.2f}% vs {100 * self.dense_test_accuracy:.2f}% dense"
+        if not self.k:  # None, or only k = 0 stays within
+            return (
+                f"{self.method}: no k > 0 of the grid stays within {points(self.max_drop)} of "
+                f"dense validation accuracy; k = {self.at_k:g} gives {val} on validation "
+                f"(test accuracy {test})."
+            )
+        after = "fine-tuning" if self.schedule == "oneshot" else f"the {self.schedule} schedule"
+        without = f"up to {100 * self.k_oneshot:g}%" if self.k_oneshot else "none of the grid"
         return (
-            f"{method}: no k of the grid stays within {100 * TOLERANCE:g} point of dense; "
-            f"at the smallest, k = {smallest['k']:g}, test accuracy is "
-            f"{100 * smallest['test_accuracy']:.2f}% vs {dense_text}."
+            f"{self.method}: up to {100 * self.k:g}% of the {what} can be removed, with test "
+            f"accuracy {test} after {after} (k chosen on validation: {val}; without "
+            f"fine-tuning, {without})."
         )
-    k_oneshot, _ = largest_k_within(oneshot, dense["test_accuracy"])
-    without = (
-        f"without fine-tuning, up to {100 * k_oneshot:g}%"
-        if k_oneshot is not None
-        else "without fine-tuning, none of the grid"
-    )
-    schedule = row.get("schedule", "oneshot")
-    after = "fine-tuning" if schedule == "oneshot" else f"the {schedule} schedule"
-    return (
-        f"{method}: up to {100 * k:g}% of the {what} can be removed, with test accuracy "
-        f"{100 * row['test_accuracy']:.2f}% vs {dense_text} after {after} ({without})."
-    )
 
 
-def _seed_means(rows: list[dict]) -> list[dict]:
-    """Test accuracy per (method, phase, k), averaged over seeds."""
-    groups: dict[tuple, list[float]] = {}
+def answer(
+    method: str, rows: list[dict], dense: dict, max_drop: float = DEFAULT_MAX_DROP
+) -> Answer:
+    """The answer for ``method`` from result rows (several seeds: averaged per k) and
+    the dense model's record (several seeds: their mean, ``mean_dense``)."""
+    means = seed_means([r for r in rows if r["method"] == method])
+    tuned = [r for r in means if r["phase"] == "finetuned"]
+    oneshot = [r for r in means if r["phase"] == "oneshot"]
+    if not tuned:
+        raise ValueError(f"no fine-tuned results of {method!r}")
+    k, row = largest_k_within(tuned, dense["val_accuracy"], max_drop)
+    k_oneshot, _ = largest_k_within(oneshot, dense["val_accuracy"], max_drop)
+    row = row or min(tuned, key=lambda r: r["k"])
+    return Answer(
+        method=method, schedule=row["schedule"], max_drop=max_drop, k=k, k_oneshot=k_oneshot,
+        at_k=row["k"], val_accuracy=row["val_accuracy"], test_accuracy=row["test_accuracy"],
+        dense_val_accuracy=dense["val_accuracy"], dense_test_accuracy=dense["test_accuracy"],
+        seeds=row["seeds"],
+    )  # fmt: skip
+
+
+def seed_means(rows: list[dict]) -> list[dict]:
+    """Validation and test accuracy per (method, schedule, phase, k), averaged over seeds."""
+    groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        key = (row["method"], row["schedule"], row["phase"], row["k"])
-        groups.setdefault(key, []).append(row["test_accuracy"])
+        key = (row["method"], row.get("schedule", "oneshot"), row["phase"], row["k"])
+        groups.setdefault(key, []).append(row)
     return [
-        {"method": method, "schedule": schedule, "phase": phase, "k": k,
-         "test_accuracy": sum(v) / len(v)}
-        for (method, schedule, phase, k), v in groups.items()
+        {"method": method, "schedule": schedule, "phase": phase, "k": k, "seeds": len(group),
+         **{m: sum(r[m] for r in group) / len(group) for m in ("val_accuracy", "test_accuracy")}}
+        for (method, schedule, phase, k), group in groups.items()
     ]  # fmt: skip
 
 
@@ -203,7 +232,9 @@ def _describe_schedule(config: StudyConfig) -> str:
     return SCHEDULE_TEXT[schedule.name].format(**asdict(schedule))
 
 
-def _describe_config(config: StudyConfig, dense: dict) -> list[tuple[str, str]]:
+def _describe_config(
+    config: StudyConfig, dense: dict, provenance: dict | None
+) -> list[tuple[str, str]]:
     model = config.model
     sizes = ", ".join(str(size) for size in model.sizes)
     train, tune = config.train, config.finetune
@@ -220,7 +251,9 @@ def _describe_config(config: StudyConfig, dense: dict) -> list[tuple[str, str]]:
         ),
         (
             "dense model",
-            f"test accuracy {100 * dense['test_accuracy']:.2f}%, loss {dense['test_loss']:.4f}",
+            f"test accuracy {100 * dense['test_accuracy']:.2f}%, loss {dense['test_loss']:.4f}; "
+            f"validation accuracy {100 * dense['val_accuracy']:.2f}%"
+            + (f" (mean of {config.seeds} seeds)" if config.seeds > 1 else ""),
         ),
         (
             "fine-tuning",
@@ -232,6 +265,7 @@ def _describe_config(config: StudyConfig, dense: dict) -> list[tuple[str, str]]:
         ("k (fraction pruned)", ", ".join(f"{k:g}" for k in config.ks)),
         ("logits layer", "pruned too" if config.prune_last else "kept dense"),
         ("seeds", ", ".join(str(c.seed) for c in config.per_seed())),
+        ("computed with", describe(provenance) if provenance else "not recorded"),
     ]
 
 
@@ -267,14 +301,17 @@ def build_report(run_dir: str | Path) -> Report:
     if not paths.config.exists() or not paths.results.exists():
         raise ValueError(f"{run_dir} holds no finished study (no config.json or results.csv)")
     config = load_config(paths.config)
-    dense = json.loads(paths.base_record(config.base_id()).read_text())
+    migrate_ids(paths, config)
+    records = [paths.base_record(c.base_id()) for c in config.per_seed()]
+    dense = mean_dense([json.loads(path.read_text()) for path in records if path.exists()])
     rows = read_results(paths.results)
     methods = list(dict.fromkeys(row["method"] for row in rows))
+    provenance = json.loads(paths.config.read_text()).get("provenance")
     return Report(
         title=f"Pruning {config.model.name} on {config.dataset}",
         what=_describe_methods(config),
-        answers=[answer(method, _seed_means(rows), dense) for method in methods],
-        config=_describe_config(config, dense),
+        answers=[answer(method, rows, dense) for method in methods],
+        config=_describe_config(config, dense, provenance),
         figures=_figures(paths.figures, methods),
         tables=_summary_tables(paths, rows) + [_results_table(rows)],
     )
@@ -312,15 +349,16 @@ INTRO = (
     "and evaluated again."
 )
 ANSWER_RULE = (
-    "The answer per method is the largest k of the grid up to which the final test "
-    "accuracy (after fine-tuning or the schedule; the mean over seeds where there are "
-    "several) stays within 1 point of the dense model's."
+    "The answer per method is the largest k of the grid whose final validation accuracy "
+    "(after fine-tuning or the schedule; the mean over seeds where there are several) is "
+    f"within {points(DEFAULT_MAX_DROP)} of the dense model's (likewise averaged). k is "
+    "chosen on validation, so that the test accuracy reported at it is not selected on."
 )
 
 
 def to_markdown(report: Report, root: Path) -> str:
     out = [f"# {report.title}", "", INTRO, "", "## The answer", "", ANSWER_RULE, ""]
-    out += [f"- {line}" for line in report.answers]
+    out += [f"- {a.sentence}" for a in report.answers]
     out += ["", "## What was pruned, and how", ""] + [f"- {line}" for line in report.what]
     out += ["", "## Configuration", "", "| setting | value |", "|---|---|"]
     out += [f"| {key} | {value} |" for key, value in report.config]
@@ -365,7 +403,9 @@ def to_html(report: Report) -> str:
         f"<p>{e(INTRO)}</p>",
         "<h2>The answer</h2>",
         f"<p>{e(ANSWER_RULE)}</p>",
-        '<ul class="answer">' + "".join(f"<li>{e(line)}</li>" for line in report.answers) + "</ul>",
+        '<ul class="answer">'
+        + "".join(f"<li>{e(a.sentence)}</li>" for a in report.answers)
+        + "</ul>",
         "<h2>What was pruned, and how</h2>",
         "<ul>" + "".join(f"<li>{e(line)}</li>" for line in report.what) + "</ul>",
         "<h2>Configuration</h2>",
@@ -391,10 +431,13 @@ def to_html(report: Report) -> str:
 
 
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` into ``run_dir``; return their paths."""
+    """Write ``report.html``, ``report.md`` and ``answers.json`` (the answers as data)
+    into ``run_dir``; return the paths of the two pages."""
     root = Path(run_dir)
     report = build_report(root)
     html_path, md_path = root / "report.html", root / "report.md"
     atomic_write_text(html_path, to_html(report))
     atomic_write_text(md_path, to_markdown(report, root))
+    answers = [{**asdict(a), "sentence": a.sentence} for a in report.answers]
+    atomic_write_text(root / "answers.json", json.dumps(answers, indent=1))
     return html_path, md_path

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunelab.compact import compact
-from prunelab.config import config_id, from_dict, to_json
+from prunelab.config import canonical, config_id, read_config, to_json
 from prunelab.data import DATASETS, DataError, Dataset, Split, load_dataset
 from prunelab.executors import Execution, run_cells
 from prunelab.export import (
@@ -42,8 +42,10 @@ from prunelab.metrics import (
     units_removed,
     weight_sparsity,
 )
+from prunelab.migrate import migrate_ids
 from prunelab.models import ModelConfig, build_model, prunable_layers
 from prunelab.paths import RunPaths
+from prunelab.provenance import environment
 from prunelab.prune import PruneMethod, check_k, prune
 from prunelab.rundir import RunLock, check_compatible
 from prunelab.schedules import Job, Outcome, Schedule, finetune, run_schedule
@@ -72,6 +74,11 @@ def _default_finetune() -> TrainConfig:
     # epoch it recovers far more than a peak of 1e-4 (unit k=0.8: 97.7% vs 94.4% test
     # accuracy; weight k=0.99: 94.1% vs 15%), and k=0 stays within 0.2 points of dense.
     return TrainConfig(epochs=1, lr=1e-3, lr_schedule="cosine")
+
+
+# What the dense model depends on, and what a cell adds to it (the grid aside).
+BASE_SETTINGS = ("dataset", "val_size", "train_limit", "model", "train", "seed")
+CELL_SETTINGS = ("finetune", "prune_last", "schedule")
 
 
 @dataclass(frozen=True)
@@ -108,17 +115,16 @@ class StudyConfig:
         for k in self.ks:
             check_k(k)
 
+    def settings(self, names: tuple[str, ...]) -> dict:
+        """The named settings that differ from their defaults, as ids hash them."""
+        return {name: value for name, value in canonical(self).items() if name in names}
+
     def base_id(self) -> str:
-        return config_id(
-            "base", self.dataset, self.val_size, self.train_limit, self.model, self.train, self.seed
-        )
+        return config_id("base", self.settings(BASE_SETTINGS))
 
     def cell_id(self, method: PruneMethod, k: float) -> str:
-        calibration = self.calibration_size if method.needs_data else None
-        parts = [self.base_id(), asdict(method), k, self.finetune, self.prune_last, calibration]
-        if self.schedule.name != "oneshot":  # one-shot ids predate schedules
-            parts.append(asdict(self.schedule))
-        return config_id("cell", *parts)
+        names = CELL_SETTINGS + (("calibration_size",) if method.needs_data else ())
+        return config_id("cell", self.base_id(), method, k, self.settings(names))
 
     def per_seed(self) -> list[StudyConfig]:
         """One configuration per seed; each has its own base model and cells."""
@@ -199,12 +205,15 @@ def run_study(config: StudyConfig, options: RunOptions | None = None) -> StudyRe
     execution = Execution(options.executor, options.workers, options.ray_address, options.threads)
     execution.check()
     paths = RunPaths(Path(options.out))
+    device = resolve_device(options.device)
     with RunLock(paths.root):
         check_compatible(paths.config, config)
-        atomic_write_text(paths.config, to_json(config))
+        migrate_ids(paths, config)
+        provenance = environment(device, execution.threads_per_cell)
+        atomic_write_text(paths.config, to_json(config, provenance))
         bases = _bases_for(config, options)
         try:
-            dense = _mean_dense([bases.get(c)[2] for c in config.per_seed()])
+            dense = mean_dense([bases.get(c)[2] for c in config.per_seed()])
             cells = study_cells(config)
             pending = [
                 (c, m.name, k) for c, m, k in cells if not paths.cell(c.cell_id(m, k)).exists()
@@ -305,6 +314,7 @@ def run_cell(config: StudyConfig, method: PruneMethod, k: float, bases: BaseMode
     base_state, rewind_state, _ = bases.get(config)
     cell = _run_cell(config, base_state, rewind_state, method, k, bases.data, bases.device,
                      paths.cell_model(cell_path.stem))  # fmt: skip
+    cell["provenance"] = environment(bases.device)
     atomic_write_text(cell_path, json.dumps(cell, indent=1))
     paths.cell_failure(cell_path.stem).unlink(missing_ok=True)
     oneshot, final = cell["results"][:2]
@@ -411,7 +421,7 @@ class _Snapshot:
             self.model.load_state_dict(model.state_dict())
 
 
-def _mean_dense(records: list[dict]) -> dict:
+def mean_dense(records: list[dict]) -> dict:
     """The dense figures averaged over seeds (the record itself for one seed)."""
     if len(records) == 1:
         return records[0]
@@ -577,7 +587,7 @@ def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
 
 
 def load_config(path: str | Path) -> StudyConfig:
-    return from_dict(StudyConfig, json.loads(Path(path).read_text()))
+    return read_config(path, StudyConfig)
 
 
 def summary_table(result: StudyResult) -> str:
@@ -643,6 +653,7 @@ def export_cell(
     if not paths.config.exists():
         raise ValueError(f"{run_dir} is not a study run directory (it has no config.json)")
     config = load_config(paths.config)
+    migrate_ids(paths, config)
     wanted = PruneMethod.parse(method)
     names = [PruneMethod.parse(m).name for m in config.methods]
     if wanted.name not in names:
