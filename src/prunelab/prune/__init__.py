@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 from prunelab.models import prunable_layers
@@ -32,6 +33,7 @@ def prune(
     earlier step (iterative and gradual schedules), stay pruned and count towards k.
     """
     check_k(k)
+    _refuse_torch_prune_hooks(model)
     layers = prunable_layers(model, include_last=include_last)
     batches = list(batches) if batches is not None else None
     if method.criterion in SOLVERS:
@@ -52,6 +54,21 @@ def prune(
         masks = Masks.from_keep(layers, keep, method.structure)
     masks.apply_(model)
     return masks
+
+
+def _refuse_torch_prune_hooks(model: nn.Module) -> None:
+    """A model pruned by ``torch.nn.utils.prune`` holds ``weight_orig`` where prunelab
+    expects ``weight``: say so, rather than fail on a missing name."""
+    carrying = [
+        repr(name) for name, module in model.named_modules()
+        if any(isinstance(h, torch_prune.BasePruningMethod)
+               for h in module._forward_pre_hooks.values())
+    ]  # fmt: skip
+    if carrying:
+        raise ValueError(
+            f"layer(s) {', '.join(carrying)} carry torch.nn.utils.prune masks; read them with "
+            "prunelab.Masks.from_torch_prune(model) first (it leaves a plain model)"
+        )
 
 
 def _pruned_first(scores: dict, pruned: Masks, structure: str) -> dict:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+import torch.nn.utils.prune as torch_prune
 from safetensors.torch import load_file, save
 from torch import nn
 
@@ -89,6 +90,31 @@ class Masks(Mapping[str, torch.Tensor]):
     def apply_(self, model: nn.Module) -> None:
         """Zero the pruned entries of ``model`` in place."""
         self.holder(model)(model)
+
+    @classmethod
+    def from_torch_prune(cls, model: nn.Module) -> Masks:
+        """Read the masks of a model pruned with ``torch.nn.utils.prune`` and make the
+        pruning permanent (``prune.remove``): the model is left plain, its parameters
+        named as before pruning, and the masks are returned for prunelab to hold."""
+        masks = {}
+        for module_name, module in model.named_modules():
+            for hook in list(module._forward_pre_hooks.values()):
+                if isinstance(hook, torch_prune.BasePruningMethod):
+                    param = hook._tensor_name
+                    mask = getattr(module, f"{param}_mask").detach().bool().clone()
+                    torch_prune.remove(module, param)
+                    masks[f"{module_name}.{param}" if module_name else param] = mask
+        return cls(masks)
+
+    def to_torch_prune(self, model: nn.Module) -> nn.Module:
+        """Install these masks as ``torch.nn.utils.prune`` masks (``custom_from_mask``),
+        for training code that expects ``weight_orig`` / ``weight_mask``; returns ``model``."""
+        self._check(dict(model.named_parameters()))
+        for name, mask in self.items():
+            module_name, _, param = name.rpartition(".")
+            module = model.get_submodule(module_name)
+            torch_prune.custom_from_mask(module, param, mask.to(getattr(module, param).device))
+        return model
 
     def save(self, path: str | Path) -> None:
         tensors = {name: mask.to(torch.uint8).contiguous().cpu() for name, mask in self.items()}
