@@ -43,11 +43,12 @@ def main() -> None:
         prune(weight, PruneMethod("weight"), k)
         sparse = to_csr(weight).eval()
         forms = (dense, weight, compacted, sparse)
-        for batch, repeats in ((1, 400), (256, 40)):
+        for batch in (1, 256):
             # Rounds alternate the forms, so that a slow spell of the machine
             # falls on all of them alike; each form's time is its median round.
             rounds = [
-                [latency_ms(m, example, batch, repeats) for m in forms] for _ in range(args.rounds)
+                [latency_ms(m, example, batch, min_run_time=0.2) for m in forms]
+                for _ in range(args.rounds)
             ]
             base, *cells = (statistics.median(column) for column in zip(*rounds, strict=True))
             ratios = " | ".join(f"{t:.3f} ms ({base / t:.1f}x)" for t in cells)

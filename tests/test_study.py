@@ -70,6 +70,12 @@ def test_rows_carry_size_and_speed_of_the_deployable_form(finished):
     assert int(weight["bytes_sparse"]) < int(weight["bytes_dense"]) / 4
     unit = rows[("unit", 0.9, "oneshot")]
     assert float(unit["latency_ms_b256"]) > 0 and float(unit["latency_ms_b1"]) > 0
+    # FLOPs per sample, a multiply-add counting two: the dense form, then the deployable
+    dense_flops = 2 * (784 * 48 + 48 * 24 + 24 * 10)
+    assert int(weight["flops_dense"]) == int(unit["flops_dense"]) == dense_flops
+    assert int(weight["flops"]) == dense_flops - 2 * pruned  # zero weights skipped
+    kept = (48 - round(0.9 * 48), 24 - round(0.9 * 24))  # units left in each hidden layer
+    assert int(unit["flops"]) == 2 * (784 * kept[0] + kept[0] * kept[1] + kept[1] * 10)
     for cell in (out / "cells").glob("*.json"):
         assert cell.with_suffix(".safetensors").exists()
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
+import torch.utils.benchmark as benchmark
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 
 @torch.no_grad()
@@ -47,21 +46,61 @@ def per_layer(layers: dict[str, nn.Module]) -> list[dict]:
     return rows
 
 
-@torch.inference_mode()
-def latency_ms(model: nn.Module, example: torch.Tensor, batch: int, repeats: int) -> float:
+def latency_ms(
+    model: nn.Module, example: torch.Tensor, batch: int, min_run_time: float = 0.05
+) -> float:
     """Median milliseconds of one forward pass on a batch shaped like ``example``,
-    under ``torch.inference_mode`` as a deployed model runs."""
+    under ``torch.inference_mode`` as a deployed model runs.
+
+    ``torch.utils.benchmark.Timer`` measures it: it synchronizes CUDA around each
+    block (GPU kernels are asynchronous, so a plain clock would time the launch)
+    and runs with this process's torch thread count.
+    """
     x = example[:1].expand(batch, *example.shape[1:]).contiguous()
     model.eval()
-    times = []
-    with torch.inference_mode():
-        for _ in range(3):
+
+    def forward() -> None:
+        with torch.inference_mode():
             model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+
+    timer = benchmark.Timer("forward()", globals={"forward": forward},
+                            num_threads=torch.get_num_threads())  # fmt: skip
+    return 1e3 * timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+@torch.no_grad()
+def flops(model: nn.Module, example: torch.Tensor) -> int:
+    """Floating-point operations of one forward pass on one sample, as
+    ``torch.utils.flop_counter`` counts them (matrix products and convolutions,
+    a multiply-add being two)."""
+    with FlopCounterMode(display=False) as counter:
+        model.eval()(example[:1])
+    return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def sparse_flops(model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor) -> int:
+    """``flops`` less the multiply-adds of zero weights: what a sparse kernel that
+    skips them computes. Each layer is counted on the input it receives."""
+    inputs: dict[str, torch.Tensor] = {}
+
+    def keeper(name: str):
+        def keep(_module, args, _output) -> None:
+            inputs.setdefault(name, args[0])
+
+        return keep
+
+    handles = [layer.register_forward_hook(keeper(name)) for name, layer in layers.items()]
+    try:
+        total = flops(model, example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, layer in layers.items():
+        if name in inputs:
+            zeros = float((layer.weight == 0).float().mean())
+            total -= round(flops(layer, inputs[name]) * zeros)
+    return total
 
 
 def nonzero_parameters(model: nn.Module) -> int:

@@ -104,7 +104,8 @@ def deployment_vs_k(
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for ax, (column, label) in zip(axes, columns.items(), strict=True):
         for i, method in enumerate(methods):
-            points = sorted((r["k"], float(r[column])) for r in rows if r["method"] == method)
+            mine = [r for r in rows if r["method"] == method and r.get(column) not in (None, "")]
+            points = sorted((r["k"], float(r[column])) for r in mine)
             ax.plot([100 * k for k, _ in points], [v for _, v in points], "-o",
                     color=f"C{i}", label=method)  # fmt: skip
         ax.set_yscale("log")
@@ -125,8 +126,12 @@ def study_figures(results: list[dict], epochs: list[dict], dense: dict, folder: 
     epochs = [row for row in epochs if row["seed"] == first]
     written += deployment_vs_k(
         results,
-        {"params": "non-zero parameters", "bytes_sparse": "bytes, sparse file"},
-        "Size after pruning",
+        {
+            "params": "non-zero parameters",
+            "bytes_sparse": "bytes, sparse file",
+            "flops": "FLOPs per sample, deployable form",
+        },
+        "Size and work after pruning",
         folder / "size_vs_k",
     )
     written += deployment_vs_k(

@@ -60,6 +60,7 @@ RESULT_COLUMNS = (
     ("val_accuracy", "val accuracy"),
     ("params", "non-zero params"),
     ("bytes_sparse", "sparse file (bytes)"),
+    ("flops", "FLOPs per sample"),
     ("latency_ms_b1", "ms, batch 1"),
     ("latency_ms_b256", "ms, batch 256"),
 )
@@ -114,7 +115,7 @@ def format_value(column: str, value) -> str:
         return f"{100 * value:.2f}%"
     if column in ("k", "seed"):
         return f"{value:g}"
-    if column in ("params", "bytes_sparse"):
+    if column in ("params", "bytes_sparse", "flops"):
         return f"{int(value):,}"
     if column.startswith("latency"):
         return f"{value:.3f}"
@@ -277,8 +278,10 @@ def _figures(folder: Path, methods: list[str]) -> list[FigureEntry]:
                     "of one standard deviation.", folder / "accuracy_vs_k.png"),
         FigureEntry("Loss vs k", "Test cross-entropy, same lines (log scale).",
                     folder / "loss_vs_k.png"),
-        FigureEntry("Size vs k", "Non-zero parameters and bytes of the sparse file, "
-                    "after fine-tuning.", folder / "size_vs_k.png"),
+        FigureEntry("Size vs k", "Non-zero parameters, bytes of the sparse file and FLOPs "
+                    "per sample of the deployable form (units: the compacted network; weights: "
+                    "the multiply-adds of non-zero weights), after fine-tuning.",
+                    folder / "size_vs_k.png"),
         FigureEntry("Latency vs k", "Forward time of the deployable form: the compacted "
                     "network for units, the faster of dense and CSR sparse for weights.",
                     folder / "latency_vs_k.png"),

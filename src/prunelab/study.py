@@ -36,9 +36,11 @@ from prunelab.export import (
     to_csr,
 )
 from prunelab.metrics import (
+    flops,
     latency_ms,
     nonzero_parameters,
     per_layer,
+    sparse_flops,
     units_removed,
     weight_sparsity,
 )
@@ -58,7 +60,8 @@ RESULT_COLUMNS = (
     "method", "structure", "criterion", "scope", "schedule", "seed", "k", "phase", "sparsity",
     "units_removed",
     "test_accuracy", "test_loss", "val_accuracy", "val_loss", "seconds",
-    "params", "bytes_dense", "bytes_sparse", "latency_ms_b1", "latency_ms_b256",
+    "params", "bytes_dense", "bytes_sparse", "flops_dense", "flops", "latency_ms_b1",
+    "latency_ms_b256",
 )  # fmt: skip
 LAYER_COLUMNS = (
     "method", "seed", "k", "layer", "weights", "sparsity", "units", "units_removed",
@@ -486,21 +489,26 @@ def _deployment(
     model: nn.Module, config: StudyConfig, method: PruneMethod, example: torch.Tensor,
     model_path: Path,
 ) -> dict:  # fmt: skip
-    """Store the pruned model sparse and time its deployable form: compacted for units,
-    the faster of dense and CSR sparse for weights."""
+    """Store the pruned model sparse; count the FLOPs per sample of its dense form and of
+    its deployable form (compacted for units; for weights, those of non-zero weights) and
+    time the latter (for weights, the faster of dense and CSR sparse)."""
     bytes_sparse = save_sparse(model, config.model, model_path)
     if method.structure == "unit":
         forms = [compact(model)]
+        deployed_flops = flops(forms[0], example)
     else:
         forms = [model, to_csr(model)] if example.device.type == "cpu" else [model]
+        deployed_flops = sparse_flops(model, prunable_layers(model, include_last=True), example)
     latency = {
-        f"latency_ms_b{batch}": min(latency_ms(form, example, batch, repeats) for form in forms)
-        for batch, repeats in ((1, 100), (256, 10))
+        f"latency_ms_b{batch}": min(latency_ms(form, example, batch) for form in forms)
+        for batch in (1, 256)
     }
     return {
         "params": nonzero_parameters(model),
         "bytes_dense": dense_bytes(model),
         "bytes_sparse": bytes_sparse,
+        "flops_dense": flops(model, example),
+        "flops": deployed_flops,
         **latency,
     }
 
