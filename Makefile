@@ -40,5 +40,6 @@ clean:
 docs: study
 	mkdir -p docs/images
 	cp runs/study/figures/accuracy_vs_k.png docs/images/
+	$(BIN)/python docs/cli_reference.py
 	@echo "The answer for the README (from runs/study/report.md):"
 	@sed -n '/^## The answer/,/^## What was/p' runs/study/report.md | grep '^- '
