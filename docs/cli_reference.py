@@ -24,10 +24,18 @@ def command_help(name: str, text: str) -> str:
 
 
 def reference() -> str:
-    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal's width
     from prunelab.cli import subcommands
 
-    return "\n".join(command_help(name, sub.format_help()) for name, sub in subcommands().items())
+    before = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal's width
+    try:
+        helps = [command_help(name, sub.format_help()) for name, sub in subcommands().items()]
+    finally:
+        if before is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = before
+    return "\n".join(helps)
 
 
 def updated(readme: str) -> str:

@@ -11,7 +11,7 @@ The public API, importable from here::
 same names are imported as ``from prunelab.prune.masks import Masks``.
 """
 
-__version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
+__version__ = "0.2.0"  # the one place the version is written (pyproject reads it)
 
 from prunelab.budget import BudgetAnswer, BudgetResult, budget_study, find_budget
 from prunelab.compact import CompactionError, compact

@@ -164,7 +164,7 @@ def find_budget(
     structure: str = "unit",
     criterion: str = "magnitude",
     schedule: str = "oneshot",
-    max_drop: float = 1.0,
+    max_drop: float = DEFAULT_MAX_DROP,
     finetune: TrainConfig | None = None,
     test_loader: Iterable | None = None,
     resolution: float = DEFAULT_RESOLUTION,

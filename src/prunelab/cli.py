@@ -21,7 +21,7 @@ from prunelab.budget import (
 )
 from prunelab.data import DATASETS, DataError
 from prunelab.executors import EXECUTORS
-from prunelab.migrate import migrate_ids
+from prunelab.migrate import ensure_migrated
 from prunelab.models import DEFAULT_SIZES, MODELS, ModelConfig
 from prunelab.paths import RunPaths
 from prunelab.prune.method import CRITERION_NAMES, SCOPES, STRUCTURES, PruneMethod
@@ -110,7 +110,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--scope",
         type=_names,
-        default="layer",
+        default=PruneMethod().scope,
         help=f"comma-separated scopes for methods that name none: {', '.join(SCOPES)} "
         "(layer: every prunable layer loses k; global: k of all weights or units, ranked "
         "together, every layer keeping at least one) (default: %(default)s)",
@@ -122,17 +122,17 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         help="comma-separated fractions to prune, each in [0, 1) (default: %(default)s)",
     )
     p.add_argument(
-        "--schedule", default="oneshot", choices=SCHEDULES,
+        "--schedule", default=Schedule().name, choices=SCHEDULES,
         help="how k is reached: oneshot (prune, then fine-tune), iterative (ROUNDS rounds of "
         "prune and fine-tune, geometric steps), gradual (prune while fine-tuning along "
         "Zhu and Gupta's cubic schedule; give it several --finetune-epochs), lottery "
         "(iterative pruning, rewinding survivors to an early iteration and retraining with "
-        "the dense recipe; adds a random-reinit control) (default: oneshot)",
+        "the dense recipe; adds a random-reinit control) (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--seeds", type=int, default=StudyConfig().seeds,
         help="repeat every cell, base model included, over this many seeds; tables give "
-        "mean and std, figures a band (default: 1)",
+        "mean and std, figures a band (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--config", type=Path, metavar="SWEEP_TOML",
@@ -153,7 +153,8 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--executor", default=RunOptions().executor, choices=EXECUTORS,
-        help="local (default): this machine; ray: Ray tasks on a cluster (prunelab[ray])",
+        help="local: this machine; ray: Ray tasks on a cluster (prunelab[ray]) "
+        "(default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--ray-address",
@@ -345,7 +346,7 @@ def build_study_config(args: argparse.Namespace) -> StudyConfig:
         prune_last=args.prune_last,
         calibration_size=args.calibration,
         schedule=Schedule(
-            getattr(args, "schedule", "oneshot"),
+            getattr(args, "schedule", Schedule().name),
             rounds=args.rounds,
             ramp=args.ramp,
             every=args.prune_every,
@@ -398,7 +399,7 @@ def status(args: argparse.Namespace) -> int:
     if not paths.config.exists():
         raise ValueError(f"{args.run_dir} is not a study run directory (it has no config.json)")
     config = load_config(paths.config)
-    migrate_ids(paths, config)
+    ensure_migrated(paths, config)
     counts = {"finished": 0, "failed": 0, "pending": 0}
     for cell_config, method, k in study_cells(config):
         cell_id = cell_config.cell_id(method, k)

@@ -32,7 +32,7 @@ class Execution:
     executor: str = "local"
     workers: int = 1  # local processes (1: in this process)
     ray_address: str | None = None  # None: start a local Ray instance
-    threads: int | None = None  # torch threads per cell; None: the cores shared out
+    threads: int | None = None  # torch threads per cell; None: torch's threads shared out
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:

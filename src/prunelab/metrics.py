@@ -81,7 +81,8 @@ def flops(model: nn.Module, example: torch.Tensor) -> int:
 @torch.no_grad()
 def sparse_flops(model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor) -> int:
     """``flops`` less the multiply-adds of zero weights: what a sparse kernel that
-    skips them computes. Each layer is counted on the input it receives."""
+    skips them computes. Each layer is counted on the input it receives (once: a layer
+    applied twice in one forward pass has its zeros' share subtracted once)."""
     inputs: dict[str, torch.Tensor] = {}
 
     def keeper(name: str):
@@ -98,8 +99,8 @@ def sparse_flops(model: nn.Module, layers: dict[str, nn.Module], example: torch.
             handle.remove()
     for name, layer in layers.items():
         if name in inputs:
-            zeros = float((layer.weight == 0).float().mean())
-            total -= round(flops(layer, inputs[name]) * zeros)
+            zeros = int((layer.weight == 0).sum())
+            total -= flops(layer, inputs[name]) * zeros // layer.weight.numel()
     return total
 
 

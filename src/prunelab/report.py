@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prunelab.budget import DEFAULT_MAX_DROP, points
-from prunelab.migrate import migrate_ids
+from prunelab.migrate import ensure_migrated
 from prunelab.paths import RunPaths
 from prunelab.provenance import describe
 from prunelab.prune import PruneMethod
 from prunelab.storage import atomic_write_text
-from prunelab.study import StudyConfig, load_config, mean_dense
+from prunelab.study import StudyConfig, load_config, mean_dense, study_cells
 
 STRUCTURE_TEXT = {
     "weight": "single weights are set to zero (the layers keep their shape)",
@@ -234,7 +234,7 @@ def _describe_schedule(config: StudyConfig) -> str:
 
 
 def _describe_config(
-    config: StudyConfig, dense: dict, provenance: dict | None
+    config: StudyConfig, dense: dict, provenance: list[str]
 ) -> list[tuple[str, str]]:
     model = config.model
     sizes = ", ".join(str(size) for size in model.sizes)
@@ -266,7 +266,7 @@ def _describe_config(
         ("k (fraction pruned)", ", ".join(f"{k:g}" for k in config.ks)),
         ("logits layer", "pruned too" if config.prune_last else "kept dense"),
         ("seeds", ", ".join(str(c.seed) for c in config.per_seed())),
-        ("computed with", describe(provenance) if provenance else "not recorded"),
+        ("computed with", "; and ".join(provenance) or "not recorded"),
     ]
 
 
@@ -304,20 +304,37 @@ def build_report(run_dir: str | Path) -> Report:
     if not paths.config.exists() or not paths.results.exists():
         raise ValueError(f"{run_dir} holds no finished study (no config.json or results.csv)")
     config = load_config(paths.config)
-    migrate_ids(paths, config)
+    ensure_migrated(paths, config)
     records = [paths.base_record(c.base_id()) for c in config.per_seed()]
-    dense = mean_dense([json.loads(path.read_text()) for path in records if path.exists()])
+    missing = [str(path) for path in records if not path.exists()]
+    if missing:
+        raise ValueError(
+            f"the dense model's record is missing ({', '.join(missing)}); rerun the study"
+        )
+    dense = mean_dense([json.loads(path.read_text()) for path in records])
     rows = read_results(paths.results)
     methods = list(dict.fromkeys(row["method"] for row in rows))
-    provenance = json.loads(paths.config.read_text()).get("provenance")
     return Report(
         title=f"Pruning {config.model.name} on {config.dataset}",
         what=_describe_methods(config),
         answers=[answer(method, rows, dense) for method in methods],
-        config=_describe_config(config, dense, provenance),
+        config=_describe_config(config, dense, _provenance(paths, config)),
         figures=_figures(paths.figures, methods),
         tables=_summary_tables(paths, rows) + [_results_table(rows)],
     )
+
+
+def _provenance(paths: RunPaths, config: StudyConfig) -> list[str]:
+    """What computed the cells, each distinct environment once (a resumed run may have
+    moved machines); the run directory's own record where cells predate provenance."""
+    seen = []
+    for c, method, k in study_cells(config):
+        path = paths.cell(c.cell_id(method, k))
+        env = json.loads(path.read_text()).get("provenance") if path.exists() else None
+        if env and describe(env) not in seen:
+            seen.append(describe(env))
+    stored = json.loads(paths.config.read_text()).get("provenance")
+    return seen or ([describe(stored)] if stored else [])
 
 
 def _results_table(rows: list[dict]) -> Table:

@@ -44,7 +44,7 @@ from prunelab.metrics import (
     units_removed,
     weight_sparsity,
 )
-from prunelab.migrate import migrate_ids
+from prunelab.migrate import ensure_migrated, migrate_ids
 from prunelab.models import ModelConfig, build_model, prunable_layers
 from prunelab.paths import RunPaths
 from prunelab.provenance import environment
@@ -86,7 +86,8 @@ CELL_SETTINGS = ("finetune", "prune_last", "schedule")
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """What a study computes. Everything here enters the ids of its results."""
+    """What a study computes. Ids hash the settings that differ from their defaults
+    (``prunelab.config.canonical``); the grid (methods, ks, seeds) picks the cells."""
 
     dataset: str = "mnist"
     val_size: int = 5000
@@ -127,6 +128,8 @@ class StudyConfig:
 
     def cell_id(self, method: PruneMethod, k: float) -> str:
         names = CELL_SETTINGS + (("calibration_size",) if method.needs_data else ())
+        if self.schedule.name == "oneshot":  # the other schedules' settings change nothing
+            names = tuple(name for name in names if name != "schedule")
         return config_id("cell", self.base_id(), method, k, self.settings(names))
 
     def per_seed(self) -> list[StudyConfig]:
@@ -661,7 +664,7 @@ def export_cell(
     if not paths.config.exists():
         raise ValueError(f"{run_dir} is not a study run directory (it has no config.json)")
     config = load_config(paths.config)
-    migrate_ids(paths, config)
+    ensure_migrated(paths, config)
     wanted = PruneMethod.parse(method)
     names = [PruneMethod.parse(m).name for m in config.methods]
     if wanted.name not in names:
