@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from prunelab.prune.method import CRITERION_NAMES, SOLVERS
-from prunelab.study import RunOptions, StudyConfig, run_study
+from prunelab.study import run_study
+from prunelab.study_config import RunOptions, StudyConfig
 from prunelab.train import fast_cpu_math
 
 

@@ -12,7 +12,7 @@ import torch
 
 from prunelab.data import load_dataset
 from prunelab.models import build_model
-from prunelab.study import RECIPES
+from prunelab.study_config import RECIPES
 from prunelab.train import fast_cpu_math, train
 
 

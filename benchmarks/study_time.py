@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from prunelab.study import RECIPES, RunOptions, quick, run_study
+from prunelab.study import run_study
+from prunelab.study_config import RECIPES, RunOptions, quick
 from prunelab.train import fast_cpu_math
 
 

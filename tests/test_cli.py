@@ -168,7 +168,7 @@ def test_the_readme_cli_reference_is_the_help_of_every_command():
 )
 def test_help_states_each_recipes_own_default(flag, setting):
     from prunelab.cli import build_study_config, parser, subcommands
-    from prunelab.study import RECIPES
+    from prunelab.study_config import RECIPES
 
     (action,) = [a for a in subcommands()["study"]._actions if flag in a.option_strings]
     for name in RECIPES:

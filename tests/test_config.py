@@ -6,7 +6,7 @@ import pytest
 from prunelab.config import canonical, config_id, from_dict, to_json
 from prunelab.models import ModelConfig
 from prunelab.prune import PruneMethod
-from prunelab.study import RECIPES, StudyConfig, load_config
+from prunelab.study_config import RECIPES, StudyConfig, load_config
 from prunelab.train import TrainConfig
 
 

@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from prunelab import study as study_module
+from prunelab import study_config
 from prunelab.models import ModelConfig, build_model
 from prunelab.rundir import RunDirError, RunLock
-from prunelab.study import RunOptions, StudyConfig, run_study
+from prunelab.study import run_study
+from prunelab.study_config import RunOptions, StudyConfig
 from prunelab.train import TrainConfig, train
 
 from .conftest import FIXTURE_0_1_0, PRUNELAB, count_cells, forbid_computation, run
@@ -146,11 +148,11 @@ def test_a_0_1_0_run_directory_resumes_after_a_setting_is_added(
     which a setting added later (here a TrainConfig field) leaves unchanged."""
     run_dir = tmp_path / "run"
     shutil.copytree(FIXTURE_0_1_0, run_dir)
-    stored = study_module.load_config(run_dir / "config.json")
+    stored = study_config.load_config(run_dir / "config.json")
     grown = dataclasses.make_dataclass(
         "TrainConfig", [("label_smoothing", float, 0.0)], bases=(TrainConfig,), frozen=True
     )
-    monkeypatch.setattr(study_module, "TrainConfig", grown)  # what config.json is read with
+    monkeypatch.setattr(study_config, "TrainConfig", grown)  # what config.json is read with
     config = replace(stored, train=grown(**dataclasses.asdict(stored.train)))
     options = RunOptions(out=run_dir, data_dir=tiny_data_dir, device="cpu")
     with monkeypatch.context() as patch:

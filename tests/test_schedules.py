@@ -8,7 +8,8 @@ import torch
 from prunelab.models import ModelConfig, build_model, prunable_layers
 from prunelab.prune import PruneMethod, prune
 from prunelab.schedules import Schedule, cubic_sparsity, round_targets
-from prunelab.study import RunOptions, StudyConfig, run_study
+from prunelab.study import run_study
+from prunelab.study_config import RunOptions, StudyConfig
 from prunelab.train import TrainConfig
 
 

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from prunelab.models import ModelConfig
-from prunelab.study import RunOptions, StudyConfig, run_study, summary_table
+from prunelab.results import summary_table
+from prunelab.study import run_study
+from prunelab.study_config import RunOptions, StudyConfig
 from prunelab.train import TrainConfig
 
 from .conftest import forbid_computation
@@ -56,7 +58,7 @@ def test_study_writes_config_tables_base_model_and_figures(finished):
     }
     epochs = read_csv(out / "epochs.csv")
     assert len(epochs) == 2 * len(KS) * 3  # epoch 0 (just pruned) + 2 fine-tuning epochs
-    assert "dense test accuracy" in summary_table(result)
+    assert "dense test accuracy" in summary_table(result.results, result.dense)
 
 
 def test_rows_carry_size_and_speed_of_the_deployable_form(finished):
@@ -150,7 +152,7 @@ def test_calibration_changes_only_the_cells_that_use_data():
 
 
 def test_device_names_are_checked():
-    from prunelab.study import resolve_device
+    from prunelab.bases import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cpu", "cuda")

@@ -16,12 +16,13 @@ __version__ = "0.2.0"  # the one place the version is written (pyproject reads i
 from prunelab.budget import BudgetAnswer, BudgetResult, budget_study, find_budget
 from prunelab.compact import CompactionError, compact
 from prunelab.data import DataError, Dataset, Split, load_dataset
-from prunelab.export import load_sparse, save_onnx, save_sparse, to_csr
+from prunelab.export import export_cell, load_sparse, save_onnx, save_sparse, to_csr
 from prunelab.models import ModelConfig, build_model, prunable_layers
 from prunelab.prune import Masks, PruneMethod, prune
 from prunelab.report import write_report
 from prunelab.schedules import Schedule
-from prunelab.study import RunOptions, StudyConfig, StudyResult, export_cell, run_study
+from prunelab.study import StudyResult, run_study
+from prunelab.study_config import RunOptions, StudyConfig
 from prunelab.train import TrainConfig
 
 __all__ = [

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunelab.bases import BaseModels, load_study_data, resolve_device
 from prunelab.compact import CompactionError, compact
 from prunelab.data import Dataset, Split
 from prunelab.export import compacted_config, load_sparse, save_sparse
@@ -27,14 +28,8 @@ from prunelab.prune import PruneMethod
 from prunelab.rundir import RunLock
 from prunelab.schedules import Job, Schedule, run_schedule
 from prunelab.storage import atomic_write_text
-from prunelab.study import (
-    BaseModels,
-    RunOptions,
-    StudyConfig,
-    load_study_data,
-    resolve_device,
-    run_cell,
-)
+from prunelab.study import run_cell
+from prunelab.study_config import RunOptions, StudyConfig
 from prunelab.train import TrainConfig, evaluate
 
 K_MAX = 0.995  # the bracket stops here: a network needs something left

@@ -21,26 +21,17 @@ from prunelab.budget import (
 )
 from prunelab.data import DATASETS, DataError
 from prunelab.executors import EXECUTORS
+from prunelab.export import EXPORT_FORMS, export_cell
 from prunelab.migrate import ensure_migrated
 from prunelab.models import DEFAULT_SIZES, MODELS, ModelConfig
 from prunelab.paths import RunPaths
 from prunelab.prune.method import CRITERION_NAMES, SCOPES, STRUCTURES, PruneMethod
 from prunelab.report import write_report
+from prunelab.results import summary_table
 from prunelab.rundir import holder
 from prunelab.schedules import SCHEDULES, Schedule
-from prunelab.study import (
-    EXPORT_FORMS,
-    RECIPES,
-    CellsFailedError,
-    RunOptions,
-    StudyConfig,
-    export_cell,
-    load_config,
-    quick,
-    run_study,
-    study_cells,
-    summary_table,
-)
+from prunelab.study import CellsFailedError, run_study
+from prunelab.study_config import RECIPES, RunOptions, StudyConfig, load_config, quick, study_cells
 from prunelab.sweep import expand, read_sweep
 from prunelab.train import TrainConfig, fast_cpu_math
 
@@ -368,7 +359,7 @@ def study(args: argparse.Namespace) -> int:
     )  # fmt: skip
     result = run_study(config, options)
     html_path, _ = write_report(result.paths.root)
-    print(summary_table(result))
+    print(summary_table(result.results, result.dense))
     print(f"results: {result.paths.results}\nfigures: {result.paths.figures}\nreport: {html_path}")
     return _report_failures(result.failures)
 

@@ -8,6 +8,9 @@ whole. The metadata holds the model's configuration, so ``load_sparse`` rebuilds
 an ordinary ``nn.Module``, and a SHA-256 of all tensors, so a damaged or edited
 file is refused rather than loaded with wrong weights.
 
+``export_cell`` writes the model of one (method, k) of a finished study in one of
+``EXPORT_FORMS`` and checks what it wrote.
+
 Optionally (``codebook_bits``) the values of each sparse weight are shared, as in
 Deep Compression: a 1-D k-means finds at most 2**bits - 1 centroids per layer,
 and each value is stored as a uint8 code into that layer's codebook (code 0 is
@@ -22,7 +25,7 @@ import io
 import json
 import logging
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +34,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
+from prunelab.compact import compact
 from prunelab.config import from_dict, to_dict
+from prunelab.data import load_dataset
+from prunelab.metrics import nonzero_parameters
+from prunelab.migrate import ensure_migrated
 from prunelab.models import ModelConfig, build_model
+from prunelab.paths import RunPaths
+from prunelab.prune import PruneMethod
 from prunelab.storage import atomic_write_bytes, state_dict_bytes
+from prunelab.study_config import load_config
+from prunelab.train import evaluate
 
 FORMAT = "prunelab-sparse-1"
 MAX_GAP = 255  # uint8
@@ -296,3 +307,75 @@ def save_onnx(model: nn.Module, path: str | Path, example: torch.Tensor) -> int:
         onnx_log.setLevel(level)
     tmp.replace(path)
     return path.stat().st_size
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    bytes: int
+    params: int
+    test_accuracy: float
+
+
+def export_cell(
+    run_dir: str | Path,
+    method: str,
+    k: float,
+    form: str,
+    out: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    codebook_bits: int | None = None,
+    data_dir: Path | None = None,
+) -> Exported:
+    """Export the fine-tuned model of one (method, k) of a finished study.
+
+    ``form`` "sparse" keeps only non-zero weights; "compact" removes pruned units
+    and stores a smaller dense model; "onnx" writes the compacted model as ONNX
+    (run by onnxruntime). The file is reloaded and evaluated on the test set, so
+    the accuracy reported is that of what was written. ``codebook_bits`` shares
+    the sparse form's values through a per-layer k-means codebook.
+    """
+    if form not in EXPORT_FORMS:
+        raise ValueError(f"unknown format {form!r}; choose from {', '.join(EXPORT_FORMS)}")
+    if codebook_bits is not None and form != "sparse":
+        raise ValueError("a codebook applies to the sparse format only")
+    paths = RunPaths(Path(run_dir))
+    if not paths.config.exists():
+        raise ValueError(f"{run_dir} is not a study run directory (it has no config.json)")
+    config = load_config(paths.config)
+    ensure_migrated(paths, config)
+    wanted = PruneMethod.parse(method)
+    names = [PruneMethod.parse(m).name for m in config.methods]
+    if wanted.name not in names:
+        raise ValueError(f"method {wanted.name!r} is not in this run; it has {', '.join(names)}")
+    stored_k = [x for x in config.ks if abs(x - k) < 1e-9]
+    if not stored_k:
+        raise ValueError(
+            f"k={k:g} is not in this run; it has {', '.join(f'{x:g}' for x in config.ks)}"
+        )
+    model_path = paths.cell_model(config.cell_id(wanted, stored_k[0]))
+    if not model_path.exists():
+        raise ValueError(f"{wanted.name} at k={k:g} has not finished; rerun the study to finish it")
+    model, model_config = load_sparse(model_path)
+    data = load_dataset(
+        config.dataset, data_dir=data_dir, val_size=config.val_size, train_limit=config.train_limit
+    )
+    if form == "sparse":
+        size = save_sparse(model, model_config, out, dtype, codebook_bits=codebook_bits)
+        written, _ = load_sparse(out)
+        runner = written
+    elif form == "compact":
+        small = compact(model)
+        size = save_sparse(small, compacted_config(model_config, small), out, dtype, sparse=False)
+        written, _ = load_sparse(out)
+        runner = written
+    else:
+        written = compact(model)
+        size = save_onnx(written, out, data.test.x[:1])
+        runner = OnnxModel(out)
+    accuracy = evaluate(runner, data.test).accuracy
+    return Exported(Path(out), size, nonzero_parameters(written), accuracy)
+
+
+EXPORT_FORMS = ("sparse", "compact", "onnx")

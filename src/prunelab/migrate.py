@@ -21,7 +21,7 @@ from prunelab.rundir import RunLock
 from prunelab.storage import atomic_write_text
 
 if TYPE_CHECKING:
-    from prunelab.study import StudyConfig
+    from prunelab.study_config import StudyConfig
 
 FIELDS_0_1_0 = {
     "TrainConfig": ("optimizer", "lr", "batch_size", "epochs", "lr_schedule", "augment"),

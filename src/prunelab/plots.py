@@ -6,12 +6,13 @@ leaves pyplot and its backend alone."""
 
 from __future__ import annotations
 
-import statistics
 from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
 from matplotlib.figure import Figure
+
+from prunelab.results import mean, std
 
 PHASE_STYLE = {
     "oneshot": ("--", "one-shot"),
@@ -42,12 +43,12 @@ def metric_vs_k(results: list[dict], dense: dict, metric: str, stem: Path) -> li
     ax = fig.subplots()
     for (method, phase), by_k in series.items():
         ks = sorted(by_k)
-        means = [statistics.fmean(by_k[k]) for k in ks]
+        means = [mean(by_k[k]) for k in ks]
         style, label = PHASE_STYLE[phase]
         x = [100 * k for k in ks]
         ax.plot(x, means, style, marker="o", color=colors[method], label=f"{method}, {label}")
         if any(len(values) > 1 for values in by_k.values()):
-            spread = [statistics.stdev(by_k[k]) if len(by_k[k]) > 1 else 0.0 for k in ks]
+            spread = [std(by_k[k]) for k in ks]
             low = [m - s for m, s in zip(means, spread, strict=True)]
             high = [m + s for m, s in zip(means, spread, strict=True)]
             ax.fill_between(x, low, high, color=colors[method], alpha=0.15, linewidth=0)

@@ -15,13 +15,14 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from prunelab.bases import mean_dense
 from prunelab.budget import DEFAULT_MAX_DROP, points
 from prunelab.migrate import ensure_migrated
 from prunelab.paths import RunPaths
 from prunelab.provenance import describe
 from prunelab.prune import PruneMethod
 from prunelab.storage import atomic_write_text
-from prunelab.study import StudyConfig, load_config, mean_dense, study_cells
+from prunelab.study_config import StudyConfig, load_config, study_cells
 
 STRUCTURE_TEXT = {
     "weight": "single weights are set to zero (the layers keep their shape)",

@@ -1,0 +1,173 @@
+"""The dense models a study starts from: trained once per configuration, stored in
+the run directory, and kept in memory by each process for the cells it runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from prunelab.data import DataError, Dataset, Split, load_dataset
+from prunelab.models import build_model
+from prunelab.paths import RunPaths
+from prunelab.storage import atomic_write_text, load_state_dict, save_state_dict
+from prunelab.study_config import RunOptions, StudyConfig
+from prunelab.train import evaluate, train
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; choose from auto, cpu, cuda")
+    return torch.device(name)
+
+
+# Each process keeps its dataset and base models between the cells it runs.
+_BASES: dict[tuple, BaseModels] = {}
+
+
+def _bases_key(config: StudyConfig, options: RunOptions) -> tuple:
+    return (config.dataset, config.val_size, config.train_limit, str(options.data_dir),
+            options.download, options.device, str(options.out))  # fmt: skip
+
+
+def bases_for(config: StudyConfig, options: RunOptions) -> BaseModels:
+    key = _bases_key(config, options)
+    if key not in _BASES:
+        device = resolve_device(options.device)
+        data = load_study_data(config, options, device)
+        _BASES[key] = BaseModels(data, RunPaths(Path(options.out)), device)
+    return _BASES[key]
+
+
+def forget_bases(config: StudyConfig, options: RunOptions) -> None:
+    """Drop this process's cached data and models of ``config`` (a study is done)."""
+    _BASES.pop(_bases_key(config, options), None)
+
+
+class BaseModels:
+    """The trained dense models of a run directory, loaded (or trained) once each."""
+
+    def __init__(self, data: Dataset, paths: RunPaths, device: torch.device):
+        self.data, self.paths, self.device = data, paths, device
+        self._loaded: dict[tuple, tuple[dict, dict | None, dict]] = {}
+
+    def get(self, config: StudyConfig) -> tuple[dict, dict | None, dict]:
+        """(state, rewind state or None, record) of ``config``'s base model."""
+        key = (config.base_id(), config.schedule.name == "lottery", config.schedule.rewind_steps)
+        if key not in self._loaded:
+            self._loaded[key] = _base_model(config, self.data, self.paths, self.device)
+        return self._loaded[key]
+
+
+def load_study_data(config: StudyConfig, options: RunOptions, device: torch.device) -> Dataset:
+    data = load_dataset(
+        config.dataset,
+        data_dir=options.data_dir,
+        val_size=config.val_size,
+        train_limit=config.train_limit,
+        download=options.download,
+    )
+    return _to_device(data, device)
+
+
+def _to_device(data: Dataset, device: torch.device) -> Dataset:
+    def move(split: Split) -> Split:
+        return Split(split.x.to(device), split.y.to(device))
+
+    return Dataset(data.name, data.source, move(data.train), move(data.val), move(data.test))
+
+
+def _base_model(
+    config: StudyConfig, data: Dataset, paths: RunPaths, device: torch.device
+) -> tuple[dict, dict | None, dict]:
+    """Train the dense model once; later runs with the same settings load it.
+
+    Returns its state, the state ``rewind_steps`` into its training (lottery
+    schedule only; None otherwise) and its record.
+    """
+    base_id = config.base_id()
+    model = build_model(config.model, data.num_classes, seed=config.seed).to(device)
+    weights, record = paths.base_model(base_id), paths.base_record(base_id)
+    lottery = config.schedule.name == "lottery"
+    rewind_path = paths.rewind_model(base_id, config.schedule.rewind_steps)
+    need_training = not (weights.exists() and record.exists())
+    if not need_training:
+        try:
+            load_state_dict(model, weights)
+            dense = json.loads(record.read_text())
+        except Exception as err:  # a damaged file must not take a traceback with it
+            raise DataError(
+                f"cannot load the stored dense model {weights} ({err}); delete it to retrain"
+            ) from err
+    if need_training or (lottery and not rewind_path.exists()):
+        # Training is deterministic from its seed: a rerun made only for a missing
+        # rewind snapshot retraces the stored model's path.
+        trainee = model
+        if not need_training:
+            trainee = build_model(config.model, data.num_classes, seed=config.seed).to(device)
+        snapshot = _Snapshot(config.schedule.rewind_steps, trainee)
+        history = train(trainee, data.train, data.val, config.train, seed=config.seed,
+                        after_step=snapshot, desc="dense")  # fmt: skip
+        save_state_dict(snapshot.model, rewind_path)
+        if need_training:
+            test, val = evaluate(model, data.test), evaluate(model, data.val)
+            dense = {
+                "base_id": base_id,
+                "test_accuracy": test.accuracy,
+                "test_loss": test.loss,
+                "val_accuracy": val.accuracy,
+                "val_loss": val.loss,
+                "history": [asdict(r) for r in history],
+            }
+            save_state_dict(model, weights)
+            atomic_write_text(record, json.dumps(dense, indent=1))
+            tqdm.write(f"dense model: test accuracy {test.accuracy:.4f} (saved to {weights})")
+    state = {name: t.clone() for name, t in model.state_dict().items()}
+    rewind = None
+    if lottery:
+        rewound = build_model(config.model, data.num_classes).to(device)
+        load_state_dict(rewound, rewind_path)
+        rewind = rewound.state_dict()
+    return state, rewind, dense
+
+
+class _Snapshot:
+    """An ``after_step`` callback keeping a copy of the model after ``steps`` steps."""
+
+    def __init__(self, steps: int, model: nn.Module):
+        self.steps, self.taken = steps, 0
+        self.model = copy.deepcopy(model)  # step 0: the initial weights
+
+    def __call__(self, model: nn.Module) -> None:
+        self.taken += 1
+        if self.taken == self.steps:
+            self.model.load_state_dict(model.state_dict())
+
+
+def mean_dense(records: list[dict]) -> dict:
+    """The dense figures averaged over seeds (the record itself for one seed)."""
+    if len(records) == 1:
+        return records[0]
+    keys = ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
+    return {key: sum(r[key] for r in records) / len(records) for key in keys}
+
+
+def calibration_batches(
+    split: Split, size: int, seed: int, batch_size: int = 256
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``size`` training examples in a seeded random order, as (input, label) batches."""
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(split), generator=generator)[:size].to(split.x.device)
+    return [
+        (split.x[idx[i : i + batch_size]], split.y[idx[i : i + batch_size]])
+        for i in range(0, len(idx), batch_size)
+    ]

@@ -1,0 +1,99 @@
+"""A study's tables: the columns of its CSV files, statistics over seeds, and the
+plain-text summary the command line prints."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from pathlib import Path
+
+from prunelab.storage import atomic_write_text
+
+RESULT_COLUMNS = (
+    "method", "structure", "criterion", "scope", "schedule", "seed", "k", "phase", "sparsity",
+    "units_removed",
+    "test_accuracy", "test_loss", "val_accuracy", "val_loss", "seconds",
+    "params", "bytes_dense", "bytes_sparse", "flops_dense", "flops", "latency_ms_b1",
+    "latency_ms_b256",
+)  # fmt: skip
+
+
+LAYER_COLUMNS = (
+    "method", "seed", "k", "layer", "weights", "sparsity", "units", "units_removed",
+)  # fmt: skip
+
+
+EPOCH_COLUMNS = (
+    "method", "seed", "k", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+    "seconds",
+)  # fmt: skip
+
+
+SUMMARY_COLUMNS = (
+    "method", "schedule", "k", "phase", "seeds", "sparsity", "units_removed",
+    "test_accuracy_mean", "test_accuracy_std", "test_loss_mean", "test_loss_std",
+    "val_accuracy_mean", "val_accuracy_std",
+)  # fmt: skip
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """Mean and sample standard deviation over seeds of each (method, k, phase)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in results:
+        groups.setdefault((row["method"], row["schedule"], row["k"], row["phase"]), []).append(row)
+    summary = []
+    for (method, schedule, k, phase), rows in groups.items():
+        entry = {"method": method, "schedule": schedule, "k": k, "phase": phase,
+                 "seeds": len(rows), "sparsity": mean([r["sparsity"] for r in rows]),
+                 "units_removed": mean([r["units_removed"] for r in rows])}  # fmt: skip
+        for metric in ("test_accuracy", "test_loss", "val_accuracy"):
+            values = [r[metric] for r in rows]
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = mean(values), std(values)
+        summary.append(entry)
+    return summary
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values)
+
+
+def std(values: list[float]) -> float:
+    """Sample standard deviation over seeds; 0 for a single seed."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def summary_table(results: list[dict], dense: dict) -> str:
+    """A plain-text table: one line per method and k, one-shot and after the schedule
+    (the mean ± standard deviation over seeds where there are several)."""
+    summary = summarize(results)
+    several = any(row["seeds"] > 1 for row in summary)
+    width = 15 if several else 9
+
+    def accuracy(row: dict) -> str:
+        text = f"{row['test_accuracy_mean']:.4f}"
+        return text + (f" ± {row['test_accuracy_std']:.4f}" if several else "")
+
+    lines = [
+        f"dense test accuracy {dense['test_accuracy']:.4f}",
+        f"{'method':>8} {'k':>5} {'sparsity':>8} {'units':>6} {'one-shot':>{width}} "
+        f"{'final':>{width}}",
+    ]
+    by_cell: dict[tuple, dict] = {}
+    for row in summary:
+        by_cell.setdefault((row["method"], row["k"]), {})[row["phase"]] = row
+    for (method, k), phases in by_cell.items():
+        final = phases["finetuned"]
+        lines.append(
+            f"{method:>8} {k:>5g} {final['sparsity']:>8.4f} {final['units_removed']:>6.3f}"
+            f" {accuracy(phases['oneshot']):>{width}} {accuracy(final):>{width}}"
+        )
+    return "\n".join(lines)
