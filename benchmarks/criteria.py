@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from prunelab.prune.method import CRITERION_NAMES, SOLVERS
+from prunelab.prune.criteria import CRITERIA
 from prunelab.study import run_study
 from prunelab.study_config import RunOptions, StudyConfig
 from prunelab.train import fast_cpu_math
@@ -25,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--structure", default="weight", choices=("weight", "unit"))
     parser.add_argument("--ks", default="0.5,0.9,0.95,0.97")
-    parser.add_argument("--criteria", default=",".join(CRITERION_NAMES))
+    parser.add_argument("--criteria", default=",".join(CRITERIA))
     parser.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"),
                         help="of the dense model's training")  # fmt: skip
     parser.add_argument("--calibration", type=int, default=1024, help="calibration images")
@@ -33,7 +33,9 @@ def main() -> None:
     args = parser.parse_args()
     criteria = args.criteria.split(",")
     methods = [f"{args.structure}:{c}" for c in criteria]
-    methods += [f"{args.structure}:{c}@global" for c in criteria if c not in SOLVERS]
+    methods += [
+        f"{args.structure}:{c}@global" for c in criteria if CRITERIA[c].solver_rounds is None
+    ]
     ks = tuple(float(k) for k in args.ks.split(","))
     config = StudyConfig(methods=tuple(methods), ks=ks, calibration_size=args.calibration)
     config = replace(config, train=replace(config.train, lr_schedule=args.lr_schedule))

@@ -7,7 +7,6 @@ from prunelab.models import ModelConfig, build_model, prunable_layers
 from prunelab.prune import PruneMethod, prune
 from prunelab.prune.allocate import global_, layerwise
 from prunelab.prune.criteria import CRITERIA, NeedsCalibrationError, ScoreContext
-from prunelab.prune.method import CRITERION_NAMES
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -140,7 +139,7 @@ def test_global_allocation_never_empties_a_layer():
     assert sum(int((~k).sum()) for k in keep.values()) == 904
 
 
-@pytest.mark.parametrize("criterion", CRITERION_NAMES)
+@pytest.mark.parametrize("criterion", list(CRITERIA))
 @pytest.mark.parametrize("structure", ["weight", "unit"])
 def test_every_criterion_prunes_exact_counts_on_the_cnn(criterion, structure):
     model = build_model(ModelConfig(name="lenet5"), seed=0)

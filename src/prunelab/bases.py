@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from prunelab.data import DataError, Dataset, Split, load_dataset
 from prunelab.models import build_model
 from prunelab.paths import RunPaths
+from prunelab.schedules import SCHEDULES
 from prunelab.storage import atomic_write_text, load_state_dict, save_state_dict
 from prunelab.study_config import RunOptions, StudyConfig
 from prunelab.train import evaluate, train
@@ -48,6 +49,11 @@ def bases_for(config: StudyConfig, options: RunOptions) -> BaseModels:
     return _BASES[key]
 
 
+def rewinds(config: StudyConfig) -> bool:
+    """Whether ``config``'s schedule rewinds to an early snapshot of dense training."""
+    return SCHEDULES[config.schedule.name].rewinds
+
+
 def forget_bases(config: StudyConfig, options: RunOptions) -> None:
     """Drop this process's cached data and models of ``config`` (a study is done)."""
     _BASES.pop(_bases_key(config, options), None)
@@ -62,7 +68,7 @@ class BaseModels:
 
     def get(self, config: StudyConfig) -> tuple[dict, dict | None, dict]:
         """(state, rewind state or None, record) of ``config``'s base model."""
-        key = (config.base_id(), config.schedule.name == "lottery", config.schedule.rewind_steps)
+        key = (config.base_id(), rewinds(config), config.schedule.rewind_steps)
         if key not in self._loaded:
             self._loaded[key] = _base_model(config, self.data, self.paths, self.device)
         return self._loaded[key]
@@ -97,7 +103,7 @@ def _base_model(
     base_id = config.base_id()
     model = build_model(config.model, data.num_classes, seed=config.seed).to(device)
     weights, record = paths.base_model(base_id), paths.base_record(base_id)
-    lottery = config.schedule.name == "lottery"
+    lottery = rewinds(config)
     rewind_path = paths.rewind_model(base_id, config.schedule.rewind_steps)
     need_training = not (weights.exists() and record.exists())
     if not need_training:
@@ -159,15 +165,3 @@ def mean_dense(records: list[dict]) -> dict:
         return records[0]
     keys = ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
     return {key: sum(r[key] for r in records) / len(records) for key in keys}
-
-
-def calibration_batches(
-    split: Split, size: int, seed: int, batch_size: int = 256
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``size`` training examples in a seeded random order, as (input, label) batches."""
-    generator = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(split), generator=generator)[:size].to(split.x.device)
-    return [
-        (split.x[idx[i : i + batch_size]], split.y[idx[i : i + batch_size]])
-        for i in range(0, len(idx), batch_size)
-    ]

@@ -21,12 +21,12 @@ from torch import nn
 
 from prunelab.bases import BaseModels, load_study_data, resolve_device
 from prunelab.compact import CompactionError, compact
-from prunelab.data import Dataset, Split
+from prunelab.data import Dataset, Split, calibration_batches
 from prunelab.export import compacted_config, load_sparse, save_sparse
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod
 from prunelab.rundir import RunLock
-from prunelab.schedules import Job, Schedule, run_schedule
+from prunelab.schedules import SCHEDULES, Job, Schedule, run_schedule
 from prunelab.storage import atomic_write_text
 from prunelab.study import run_cell
 from prunelab.study_config import RunOptions, StudyConfig
@@ -174,10 +174,12 @@ def find_budget(
     validation accuracy. ``model`` itself is left untouched.
     """
     check_max_drop(max_drop)
-    if schedule == "lottery":
-        raise ValueError("the lottery schedule needs the dense training run; use prunelab study")
     method = PruneMethod(structure, criterion)
     schedule_config = Schedule(schedule)
+    if SCHEDULES[schedule].rewinds:
+        raise ValueError(
+            f"the {schedule} schedule needs the dense training run; use prunelab study"
+        )
     finetune = finetune or TrainConfig(epochs=1)
     device = next(model.parameters()).device
     train_split = _materialise(train_loader, device)
@@ -194,10 +196,7 @@ def find_budget(
                          f"{num_classes} outputs")  # fmt: skip
     data = Dataset("custom", "loaders", train_split, val_split, test_split or val_split,
                    num_classes=num_classes)  # fmt: skip
-    generator = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(train_split), generator=generator)[:calibration_size].to(device)
-    batches = [(train_split.x[idx[i : i + 256]], train_split.y[idx[i : i + 256]])
-               for i in range(0, len(idx), 256)]  # fmt: skip
+    batches = calibration_batches(train_split, calibration_size, seed)
     dense_val = evaluate(model, val_split).accuracy
     dense_test = evaluate(model, test_split).accuracy if test_split is not None else None
     models: dict[float, nn.Module] = {}

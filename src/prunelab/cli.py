@@ -25,11 +25,12 @@ from prunelab.export import EXPORT_FORMS, export_cell
 from prunelab.migrate import ensure_migrated
 from prunelab.models import DEFAULT_SIZES, MODELS, ModelConfig
 from prunelab.paths import RunPaths
-from prunelab.prune.method import CRITERION_NAMES, SCOPES, STRUCTURES, PruneMethod
+from prunelab.prune.criteria import CRITERIA
+from prunelab.prune.method import SCOPES, STRUCTURES, PruneMethod
 from prunelab.report import write_report
 from prunelab.results import summary_table
 from prunelab.rundir import holder
-from prunelab.schedules import SCHEDULES, Schedule
+from prunelab.schedules import SCHEDULES, Schedule, describe_schedule
 from prunelab.study import CellsFailedError, run_study
 from prunelab.study_config import RECIPES, RunOptions, StudyConfig, load_config, quick, study_cells
 from prunelab.sweep import expand, read_sweep
@@ -95,7 +96,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         type=_names,
         default=",".join(StudyConfig().methods),
         help=f"comma-separated STRUCTURE[:CRITERION][@SCOPE]; structures: "
-        f"{', '.join(STRUCTURES)}; criteria: {', '.join(CRITERION_NAMES)}; a bare "
+        f"{', '.join(STRUCTURES)}; criteria: {', '.join(CRITERIA)}; a bare "
         "structure means magnitude (default: %(default)s)",
     )
     p.add_argument(
@@ -113,12 +114,10 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         help="comma-separated fractions to prune, each in [0, 1) (default: %(default)s)",
     )
     p.add_argument(
-        "--schedule", default=Schedule().name, choices=SCHEDULES,
-        help="how k is reached: oneshot (prune, then fine-tune), iterative (ROUNDS rounds of "
-        "prune and fine-tune, geometric steps), gradual (prune while fine-tuning along "
-        "Zhu and Gupta's cubic schedule; give it several --finetune-epochs), lottery "
-        "(iterative pruning, rewinding survivors to an early iteration and retraining with "
-        "the dense recipe; adds a random-reinit control) (default: %(default)s)",
+        "--schedule", default=Schedule().name, choices=list(SCHEDULES),
+        help="how k is reached (with the default --rounds, --ramp and --prune-every): "
+        + "; ".join(describe_schedule(Schedule(name)) for name in SCHEDULES).replace("%", "%%")
+        + " (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--seeds", type=int, default=StudyConfig().seeds,
@@ -427,7 +426,7 @@ def _add_budget(sub: argparse._SubParsersAction) -> None:
                    help="prune weights or units (default: %(default)s)")  # fmt: skip
     p.add_argument(
         "--criteria", type=_names, default="magnitude",
-        help=f"comma-separated criteria: {', '.join(CRITERION_NAMES)} (default: %(default)s)",
+        help=f"comma-separated criteria: {', '.join(CRITERIA)} (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--schedules", type=_names, default="oneshot",

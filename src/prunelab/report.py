@@ -21,6 +21,8 @@ from prunelab.migrate import ensure_migrated
 from prunelab.paths import RunPaths
 from prunelab.provenance import describe
 from prunelab.prune import PruneMethod
+from prunelab.prune.criteria import CRITERIA
+from prunelab.schedules import describe_schedule
 from prunelab.storage import atomic_write_text
 from prunelab.study_config import StudyConfig, load_config, study_cells
 
@@ -28,20 +30,6 @@ STRUCTURE_TEXT = {
     "weight": "single weights are set to zero (the layers keep their shape)",
     "unit": "whole neurons are removed: a hidden unit's incoming weights and bias "
     "(a channel's filter, for convolutions), so the layers become narrower",
-}
-CRITERION_TEXT = {
-    "magnitude": "by magnitude: the smallest |w| (for units, the smallest L2 norm of "
-    "their incoming weights)",
-    "random": "at random (a control)",
-    "lamp": "by layer-adaptive magnitude score (LAMP, Lee et al. 2021)",
-    "obd": "by Optimal Brain Damage saliency ½·h·w², h the diagonal of the loss's "
-    "Gauss-Newton Hessian (LeCun et al. 1990)",
-    "fisher": "by ½·F·w², F the diagonal empirical Fisher information",
-    "taylor": "by first-order Taylor saliency |g·w| (Molchanov et al. 2017)",
-    "obs": "by Optimal Brain Surgeon, layer by layer: each removal also updates the "
-    "remaining weights to preserve the layer's outputs (Hassibi and Stork 1993)",
-    "obc": "by Optimal Brain Compression: OBS removals in several greedy rounds "
-    "(Frantar and Alistarh 2022)",
 }
 SCOPE_TEXT = {
     "layer": "each prunable layer loses the fraction k",
@@ -212,26 +200,14 @@ def _describe_methods(config: StudyConfig) -> list[str]:
         method = PruneMethod.parse(name)
         lines.append(
             f"{method.name}: {STRUCTURE_TEXT[method.structure]}, chosen "
-            f"{CRITERION_TEXT[method.criterion]}; {SCOPE_TEXT[method.scope]}."
+            f"{CRITERIA[method.criterion].describe}; {SCOPE_TEXT[method.scope]}."
         )
     return lines
 
 
-SCHEDULE_TEXT = {
-    "oneshot": "one-shot: pruned once at k, then fine-tuned",
-    "iterative": "iterative: {rounds} rounds of pruning and fine-tuning, the kept fraction "
-    "shrinking by the same factor each round",
-    "gradual": "gradual: pruned during fine-tuning along Zhu and Gupta's cubic schedule over "
-    "the first {ramp:.0%} of the steps, masks updated every {every} steps",
-    "lottery": "lottery ticket: {rounds} rounds of pruning, each rewinding the survivors to "
-    "their values {rewind_steps} steps into dense training and retraining them with the "
-    "dense recipe; control: the final mask from a fresh random initialisation",
-}
-
-
 def _describe_schedule(config: StudyConfig) -> str:
     schedule = config.schedule
-    return SCHEDULE_TEXT[schedule.name].format(**asdict(schedule))
+    return describe_schedule(schedule)
 
 
 def _describe_config(

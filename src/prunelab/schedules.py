@@ -18,7 +18,8 @@ Already-pruned entries stay pruned from round to round (``prune(..., pruned=)``)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 from torch import nn
 
@@ -27,8 +28,6 @@ from prunelab.data import Dataset
 from prunelab.models import ModelConfig, build_model
 from prunelab.prune import Masks, PruneMethod, prune
 from prunelab.train import EpochRecord, TrainConfig, train
-
-SCHEDULES = ("oneshot", "iterative", "gradual", "lottery")
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,15 @@ class Job:
     batches: list | None  # calibration data for the criteria that need it
     include_last: bool
     seed: int
+
+
+@dataclass(frozen=True)
+class DenseRun:
+    """What rewinding schedules need of the dense model's training."""
+
+    rewind_state: dict  # the weights ``rewind_steps`` into training
+    train: TrainConfig  # the dense recipe, to retrain with
+    model: ModelConfig  # to build the random-reinit control
 
 
 @dataclass
@@ -114,14 +122,14 @@ def _renumber(histories: list[list[EpochRecord]]) -> list[EpochRecord]:
     ]
 
 
-def oneshot(model: nn.Module, job: Job) -> Outcome:
+def oneshot(model: nn.Module, job: Job, schedule: Schedule, dense: DenseRun | None) -> Outcome:
     masks = _prune(model, job, job.k)
     return Outcome(finetune(model, masks, job, job.finetune, job.seed), masks)
 
 
-def iterative(model: nn.Module, job: Job, rounds: int) -> Outcome:
+def iterative(model: nn.Module, job: Job, schedule: Schedule, dense: DenseRun | None) -> Outcome:
     masks, histories = None, []
-    for r, target in enumerate(round_targets(job.k, rounds)):
+    for r, target in enumerate(round_targets(job.k, schedule.rounds)):
         masks = _prune(model, job, target, masks)
         histories.append(finetune(model, masks, job, job.finetune, job.seed + r))
     return Outcome(_renumber(histories), masks)
@@ -145,10 +153,10 @@ class GradualPruner:
             self.hold(model)
 
 
-def gradual(model: nn.Module, job: Job, ramp: float, every: int) -> Outcome:
+def gradual(model: nn.Module, job: Job, schedule: Schedule, dense: DenseRun | None) -> Outcome:
     config = job.finetune
     steps = math.ceil(len(job.data.train) / config.batch_size) * config.epochs
-    pruner = GradualPruner(job, round(ramp * steps), every)
+    pruner = GradualPruner(job, round(schedule.ramp * steps), schedule.every)
     history = train(model, job.data.train, job.data.val, config, seed=job.seed,
                     after_step=pruner, desc=f"gradual {job.method.name}")  # fmt: skip
     if pruner.masks is None or pruner.step < pruner.end:  # too few steps to finish the ramp
@@ -156,44 +164,61 @@ def gradual(model: nn.Module, job: Job, ramp: float, every: int) -> Outcome:
     return Outcome(history, pruner.masks)
 
 
-def lottery(
-    model: nn.Module,
-    job: Job,
-    rounds: int,
-    rewind_state: dict,
-    train_config: TrainConfig,
-    model_config: ModelConfig,
-) -> Outcome:
-    """``model`` holds the trained dense weights; ``rewind_state`` the early ones."""
+def lottery(model: nn.Module, job: Job, schedule: Schedule, dense: DenseRun) -> Outcome:
+    """``model`` holds the trained dense weights; ``dense.rewind_state`` the early ones."""
     masks, histories = None, []
-    for r, target in enumerate(round_targets(job.k, rounds)):
+    for r, target in enumerate(round_targets(job.k, schedule.rounds)):
         masks = _prune(model, job, target, masks)
-        model.load_state_dict(rewind_state)
+        model.load_state_dict(dense.rewind_state)
         masks.apply_(model)
-        histories.append(finetune(model, masks, job, train_config, job.seed + r))
-    control = build_model(model_config, job.data.num_classes, seed=job.seed + 10_000)
+        histories.append(finetune(model, masks, job, dense.train, job.seed + r))
+    control = build_model(dense.model, job.data.num_classes, seed=job.seed + 10_000)
     control.to(next(model.parameters()).device)
     masks.apply_(control)
-    finetune(control, masks, job, train_config, job.seed + rounds)
+    finetune(control, masks, job, dense.train, job.seed + schedule.rounds)
     return Outcome(_renumber(histories), masks, control)
 
 
+@dataclass(frozen=True)
+class ScheduleKind:
+    """A registered schedule: one entry of ``SCHEDULES``, all that names it elsewhere.
+
+    ``run(model, job, schedule, dense)`` brings the trained model to ``job.k``;
+    ``rewinds``: it needs the dense model's training (``DenseRun``); ``describe`` is
+    the report's sentence, formatted with the ``Schedule``'s fields.
+    """
+
+    run: Callable[[nn.Module, Job, Schedule, DenseRun | None], Outcome]
+    describe: str
+    rewinds: bool = False
+
+
+SCHEDULES: dict[str, ScheduleKind] = {
+    "oneshot": ScheduleKind(oneshot, "one-shot: pruned once at k, then fine-tuned"),
+    "iterative": ScheduleKind(iterative, "iterative: {rounds} rounds of pruning and "
+                              "fine-tuning, the kept fraction shrinking by the same factor "
+                              "each round"),
+    "gradual": ScheduleKind(gradual, "gradual: pruned during fine-tuning along Zhu and "
+                            "Gupta's cubic schedule over the first {ramp:.0%} of the steps, "
+                            "masks updated every {every} steps"),
+    "lottery": ScheduleKind(lottery, "lottery ticket: {rounds} rounds of pruning, each "
+                            "rewinding the survivors to their values {rewind_steps} steps "
+                            "into dense training and retraining them with the dense recipe; "
+                            "control: the final mask from a fresh random initialisation",
+                            rewinds=True),
+}  # fmt: skip
+
+
+def describe_schedule(schedule: Schedule) -> str:
+    """The registered description, with this schedule's settings filled in."""
+    return SCHEDULES[schedule.name].describe.format(**asdict(schedule))
+
+
 def run_schedule(
-    schedule: Schedule,
-    model: nn.Module,
-    job: Job,
-    *,
-    rewind_state: dict | None = None,
-    train_config: TrainConfig | None = None,
-    model_config: ModelConfig | None = None,
+    schedule: Schedule, model: nn.Module, job: Job, dense: DenseRun | None = None
 ) -> Outcome:
     """Bring ``model`` (trained, dense) to sparsity ``job.k`` in place."""
-    if schedule.name == "oneshot":
-        return oneshot(model, job)
-    if schedule.name == "iterative":
-        return iterative(model, job, schedule.rounds)
-    if schedule.name == "gradual":
-        return gradual(model, job, schedule.ramp, schedule.every)
-    if rewind_state is None or train_config is None or model_config is None:
-        raise ValueError("the lottery schedule needs the rewind state and the dense recipe")
-    return lottery(model, job, schedule.rounds, rewind_state, train_config, model_config)
+    kind = SCHEDULES[schedule.name]
+    if kind.rewinds and dense is None:
+        raise ValueError(f"the {schedule.name} schedule needs the dense model's training run")
+    return kind.run(model, job, schedule, dense)

@@ -22,14 +22,13 @@ from tqdm.auto import tqdm
 from prunelab.bases import (
     BaseModels,
     bases_for,
-    calibration_batches,
     forget_bases,
     mean_dense,
     resolve_device,
 )
 from prunelab.compact import compact
 from prunelab.config import to_json
-from prunelab.data import Dataset
+from prunelab.data import Dataset, calibration_batches
 from prunelab.executors import Execution, run_cells
 from prunelab.export import dense_bytes, save_sparse, to_csr
 from prunelab.metrics import (
@@ -55,7 +54,7 @@ from prunelab.results import (
     write_csv,
 )
 from prunelab.rundir import RunLock, check_compatible
-from prunelab.schedules import Job, Outcome, finetune, run_schedule
+from prunelab.schedules import DenseRun, Job, Outcome, finetune, run_schedule
 from prunelab.storage import atomic_write_text
 from prunelab.study_config import RunOptions, StudyConfig, study_cells
 from prunelab.train import evaluate
@@ -209,10 +208,8 @@ def _run_cell(
         outcome = Outcome(finetune(model, masks, job, config.finetune, config.seed), masks)
     else:
         model.load_state_dict(base_state)
-        outcome = run_schedule(
-            config.schedule, model, job, rewind_state=rewind_state,
-            train_config=config.train, model_config=config.model,
-        )  # fmt: skip
+        dense = DenseRun(rewind_state, config.train, config.model) if rewind_state else None
+        outcome = run_schedule(config.schedule, model, job, dense)
     rows = [oneshot, measure(model, "finetuned", time.perf_counter() - start)]
     if outcome.control is not None:
         rows.append(measure(outcome.control, "reinit", math.nan))

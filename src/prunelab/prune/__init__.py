@@ -12,7 +12,7 @@ from prunelab.models import prunable_layers
 from prunelab.prune.allocate import ALLOCATORS
 from prunelab.prune.criteria import CRITERIA, ScoreContext
 from prunelab.prune.masks import Masks
-from prunelab.prune.method import SOLVERS, PruneMethod, check_k
+from prunelab.prune.method import PruneMethod, check_k
 from prunelab.prune.obs import reconstruct
 
 
@@ -36,8 +36,8 @@ def prune(
     _refuse_torch_prune_hooks(model)
     layers = prunable_layers(model, include_last=include_last)
     batches = list(batches) if batches is not None else None
-    if method.criterion in SOLVERS:
-        rounds = SOLVERS[method.criterion]
+    if method.solver_rounds is not None:
+        rounds = method.solver_rounds
         updates, masks = reconstruct(model, layers, method.structure, k, batches, rounds)
         with torch.no_grad():
             params = dict(model.named_parameters())

@@ -168,14 +168,38 @@ def taylor(ctx: ScoreContext) -> Scores:
     return scores
 
 
-Criterion = Callable[[ScoreContext], Scores]
+@dataclass(frozen=True)
+class Criterion:
+    """A registered criterion: one entry of ``CRITERIA``, all that names it elsewhere.
+
+    ``score`` ranks (lower goes first); a criterion that re-fits the kept weights
+    layer by layer (``prunelab.prune.obs``) has none and says how many greedy
+    ``solver_rounds`` it takes. ``describe`` completes the report's "chosen ...".
+    """
+
+    score: Callable[[ScoreContext], Scores] | None
+    describe: str
+    needs_data: bool = False  # calibration batches
+    solver_rounds: int | None = None
+
+    def __call__(self, ctx: ScoreContext) -> Scores:
+        return self.score(ctx)
+
 
 CRITERIA: dict[str, Criterion] = {
-    "magnitude": magnitude,
-    "random": random,
-    "lamp": lamp,
-    "obd": obd,
-    "fisher": fisher,
-    "taylor": taylor,
-}
-NEEDS_DATA = {"obd", "fisher", "taylor"}
+    "magnitude": Criterion(magnitude, "by magnitude: the smallest |w| (for units, the "
+                           "smallest L2 norm of their incoming weights)"),
+    "random": Criterion(random, "at random (a control)"),
+    "lamp": Criterion(lamp, "by layer-adaptive magnitude score (LAMP, Lee et al. 2021)"),
+    "obd": Criterion(obd, "by Optimal Brain Damage saliency ½·h·w², h the diagonal of the "
+                     "loss's Gauss-Newton Hessian (LeCun et al. 1990)", needs_data=True),
+    "fisher": Criterion(fisher, "by ½·F·w², F the diagonal empirical Fisher information",
+                        needs_data=True),
+    "taylor": Criterion(taylor, "by first-order Taylor saliency |g·w| (Molchanov et al. "
+                        "2017)", needs_data=True),
+    "obs": Criterion(None, "by Optimal Brain Surgeon, layer by layer: each removal also "
+                     "updates the remaining weights to preserve the layer's outputs "
+                     "(Hassibi and Stork 1993)", needs_data=True, solver_rounds=1),
+    "obc": Criterion(None, "by Optimal Brain Compression: OBS removals in several greedy "
+                     "rounds (Frantar and Alistarh 2022)", needs_data=True, solver_rounds=4),
+}  # fmt: skip

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prunelab.prune.criteria import CRITERIA, NEEDS_DATA
+from prunelab.prune.criteria import CRITERIA
 
 STRUCTURES = ("weight", "unit")
 SCOPES = ("layer", "global")
-# Criteria that re-fit the remaining weights layer by layer (prunelab.prune.obs).
-SOLVERS = {"obs": 1, "obc": 4}  # name -> rounds of greedy removal
 
 
 @dataclass(frozen=True)
@@ -24,13 +22,13 @@ class PruneMethod:
             raise ValueError(
                 f"unknown structure {self.structure!r}; choose from {', '.join(STRUCTURES)}"
             )
-        if self.criterion not in CRITERIA and self.criterion not in SOLVERS:
+        if self.criterion not in CRITERIA:
             raise ValueError(
-                f"unknown criterion {self.criterion!r}; choose from {', '.join(CRITERION_NAMES)}"
+                f"unknown criterion {self.criterion!r}; choose from {', '.join(CRITERIA)}"
             )
         if self.scope not in SCOPES:
             raise ValueError(f"unknown scope {self.scope!r}; choose from {', '.join(SCOPES)}")
-        if self.criterion in SOLVERS and self.scope != "layer":
+        if self.solver_rounds is not None and self.scope != "layer":
             raise ValueError(
                 f"{self.criterion} solves each layer's reconstruction on its own, so it "
                 "allocates per layer: use scope 'layer'"
@@ -56,10 +54,12 @@ class PruneMethod:
 
     @property
     def needs_data(self) -> bool:
-        return self.criterion in NEEDS_DATA or self.criterion in SOLVERS
+        return CRITERIA[self.criterion].needs_data
 
-
-CRITERION_NAMES = (*CRITERIA, *SOLVERS)
+    @property
+    def solver_rounds(self) -> int | None:
+        """Rounds of greedy layer-wise re-fitting, for the criteria that re-fit."""
+        return CRITERIA[self.criterion].solver_rounds
 
 
 def check_k(k: float) -> float:
