@@ -23,8 +23,10 @@ from prunelab.bases import BaseModels, load_study_data, resolve_device
 from prunelab.compact import CompactionError, compact
 from prunelab.data import Dataset, Split, calibration_batches
 from prunelab.export import compacted_config, load_sparse, save_sparse
+from prunelab.models import evaluating
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod
+from prunelab.prune.method import file_safe
 from prunelab.rundir import RunLock
 from prunelab.schedules import SCHEDULES, Job, Schedule, run_schedule
 from prunelab.storage import atomic_write_text
@@ -63,6 +65,24 @@ class BudgetAnswer:
     test_accuracy: float | None
     probes: list[Probe] = field(default_factory=list)
     model_file: str | None = None  # where budget_study saved the pruned model
+
+    @classmethod
+    def of(
+        cls, method: str, schedule: str, max_drop: float, best: Probe | None,
+        probes: list[Probe], dense_val: float, dense_test: float | None,
+    ) -> BudgetAnswer:  # fmt: skip
+        """The answer of a search: its best probe, or the dense model's figures (k = 0)."""
+        return cls(
+            method=method,
+            schedule=schedule,
+            max_drop=max_drop,
+            k=best.k if best else 0.0,
+            dense_val_accuracy=dense_val,
+            dense_test_accuracy=dense_test,
+            val_accuracy=best.val_accuracy if best else dense_val,
+            test_accuracy=best.test_accuracy if best else dense_test,
+            probes=probes,
+        )
 
     @property
     def sentence(self) -> str:
@@ -186,8 +206,8 @@ def find_budget(
     val_split = _materialise(val_loader, device)
     test_split = _materialise(test_loader, device) if test_loader is not None else None
     try:
-        with torch.no_grad():
-            logits = model.eval()(train_split.x[:2])
+        with torch.no_grad(), evaluating(model):
+            logits = model(train_split.x[:2])
         num_classes = logits.shape[-1]
     except Exception as err:
         raise ValueError(f"the model's forward fails on the training data: {err}") from err
@@ -211,12 +231,7 @@ def find_budget(
 
     best, probes = search(probe, dense_val, max_drop, resolution)
     chosen = models[best.k] if best is not None else copy.deepcopy(model)
-    answer = BudgetAnswer(
-        method=method.name, schedule=schedule, max_drop=max_drop,
-        k=best.k if best else 0.0, dense_val_accuracy=dense_val, dense_test_accuracy=dense_test,
-        val_accuracy=best.val_accuracy if best else dense_val,
-        test_accuracy=best.test_accuracy if best else dense_test, probes=probes,
-    )  # fmt: skip
+    answer = BudgetAnswer.of(method.name, schedule, max_drop, best, probes, dense_val, dense_test)
     return BudgetResult(answer, chosen)
 
 
@@ -266,13 +281,8 @@ def _search_all(
             return Probe(k, final["val_accuracy"], final["test_accuracy"])
 
         best, probes = search(probe, dense["val_accuracy"], max_drop, resolution)
-        answer = BudgetAnswer(
-            method=method.name, schedule=schedule.name, max_drop=max_drop,
-            k=best.k if best else 0.0, dense_val_accuracy=dense["val_accuracy"],
-            dense_test_accuracy=dense["test_accuracy"],
-            val_accuracy=best.val_accuracy if best else dense["val_accuracy"],
-            test_accuracy=best.test_accuracy if best else dense["test_accuracy"], probes=probes,
-        )  # fmt: skip
+        answer = BudgetAnswer.of(method.name, schedule.name, max_drop, best, probes,
+                                 dense["val_accuracy"], dense["test_accuracy"])  # fmt: skip
         if best is not None:
             answer.model_file = _save_answer_model(paths, cell_config, method, best.k)
         answers.append(answer)
@@ -282,7 +292,7 @@ def _search_all(
 def _save_answer_model(paths: RunPaths, config: StudyConfig, method: PruneMethod, k: float) -> str:
     """The answer's pruned model, in its deployable file: compacted units, sparse weights."""
     model, model_config = load_sparse(paths.cell_model(config.cell_id(method, k)))
-    stem = f"budget-{method.name.replace(':', '-')}-{config.schedule.name}-k{k:g}"
+    stem = f"budget-{file_safe(method.name)}-{config.schedule.name}-k{k:g}"
     if method.structure == "unit":
         path = paths.root / f"{stem}.compact.safetensors"
         try:

@@ -7,6 +7,8 @@ import torch.utils.benchmark as benchmark
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from prunelab.models import evaluating
+
 
 @torch.no_grad()
 def weight_sparsity(layers: dict[str, nn.Module]) -> float:
@@ -17,13 +19,20 @@ def weight_sparsity(layers: dict[str, nn.Module]) -> float:
 
 
 @torch.no_grad()
+def dead_units(layer: nn.Module) -> torch.Tensor:
+    """Bool per output unit: incoming weights and bias all exactly zero."""
+    dead = (layer.weight.flatten(1) == 0).all(dim=1)
+    if layer.bias is not None:
+        dead &= layer.bias == 0
+    return dead
+
+
+@torch.no_grad()
 def units_removed(layers: dict[str, nn.Module]) -> float:
     """Fraction of output units whose incoming weights and bias are all zero."""
     removed, total = 0, 0
     for layer in layers.values():
-        dead = (layer.weight.flatten(1) == 0).all(dim=1)
-        if layer.bias is not None:
-            dead &= layer.bias == 0
+        dead = dead_units(layer)
         removed += int(dead.sum())
         total += dead.numel()
     return removed / total
@@ -57,7 +66,6 @@ def latency_ms(
     and runs with this process's torch thread count.
     """
     x = example[:1].expand(batch, *example.shape[1:]).contiguous()
-    model.eval()
 
     def forward() -> None:
         with torch.inference_mode():
@@ -65,7 +73,8 @@ def latency_ms(
 
     timer = benchmark.Timer("forward()", globals={"forward": forward},
                             num_threads=torch.get_num_threads())  # fmt: skip
-    return 1e3 * timer.blocked_autorange(min_run_time=min_run_time).median
+    with evaluating(model):
+        return 1e3 * timer.blocked_autorange(min_run_time=min_run_time).median
 
 
 @torch.no_grad()
@@ -73,8 +82,8 @@ def flops(model: nn.Module, example: torch.Tensor) -> int:
     """Floating-point operations of one forward pass on one sample, as
     ``torch.utils.flop_counter`` counts them (matrix products and convolutions,
     a multiply-add being two)."""
-    with FlopCounterMode(display=False) as counter:
-        model.eval()(example[:1])
+    with FlopCounterMode(display=False) as counter, evaluating(model):
+        model(example[:1])
     return int(counter.get_total_flops())
 
 

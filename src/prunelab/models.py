@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +34,18 @@ class ModelConfig:
     @property
     def sizes(self) -> tuple[int, ...]:
         return self.hidden if self.hidden is not None else DEFAULT_SIZES[self.name]
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in evaluation mode for the block, its mode restored after it, even when
+    the block raises (dropout and batch statistics off while measuring or scoring)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def mlp(

@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
+from prunelab.prune.method import file_safe
 from prunelab.results import mean, std
 
 PHASE_STYLE = {
@@ -142,6 +143,5 @@ def study_figures(results: list[dict], epochs: list[dict], dense: dict, folder: 
         folder / "latency_vs_k",
     )
     for method in dict.fromkeys(row["method"] for row in results):
-        safe = method.replace(":", "-").replace("@", "-")
-        written += accuracy_per_epoch(epochs, method, folder / f"epochs_{safe}")
+        written += accuracy_per_epoch(epochs, method, folder / f"epochs_{file_safe(method)}")
     return written

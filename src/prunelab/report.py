@@ -22,6 +22,7 @@ from prunelab.paths import RunPaths
 from prunelab.provenance import describe
 from prunelab.prune import PruneMethod
 from prunelab.prune.criteria import CRITERIA
+from prunelab.prune.method import file_safe
 from prunelab.schedules import describe_schedule
 from prunelab.storage import atomic_write_text
 from prunelab.study_config import StudyConfig, load_config, study_cells
@@ -264,13 +265,12 @@ def _figures(folder: Path, methods: list[str]) -> list[FigureEntry]:
                     folder / "latency_vs_k.png"),
     ]  # fmt: skip
     for method in methods:
-        safe = method.replace(":", "-").replace("@", "-")
         entries.append(
             FigureEntry(
                 f"Fine-tuning: {method}",
                 "Validation accuracy per fine-tuning epoch, one line per k "
                 "(epoch 0 is the network just pruned).",
-                folder / f"epochs_{safe}.png",
+                folder / f"epochs_{file_safe(method)}.png",
             )
         )
     return [entry for entry in entries if entry.path.exists()]

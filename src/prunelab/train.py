@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from prunelab.augment import random_affine
 from prunelab.data import Split
+from prunelab.models import evaluating
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -85,15 +86,13 @@ class Evaluation:
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: Split, batch_size: int = 2000) -> Evaluation:
     """Mean cross-entropy and accuracy of ``model`` on ``split``."""
-    was_training = model.training
-    model.eval()
     loss_sum, correct = 0.0, 0
-    for start in range(0, len(split), batch_size):
-        x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(split), batch_size):
+            x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
+            logits = model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
     return Evaluation(loss_sum / len(split), correct / len(split))
 
 

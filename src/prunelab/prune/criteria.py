@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunelab.models import evaluating
 from prunelab.prune.curvature import empirical_fisher_diagonal, gauss_newton_diagonal
 
 Scores = dict[str, torch.Tensor]
@@ -139,8 +140,6 @@ def taylor(ctx: ScoreContext) -> Scores:
     over the calibration batches; a unit scores |sum of w * dL/dw| over its weights and bias."""
     batches = _require_batches(ctx, "taylor")
     model = ctx.model
-    was_training = model.training
-    model.eval()
     scores = {
         name: torch.zeros(_score_shape(layer, ctx.structure), device=layer.weight.device)
         for name, layer in ctx.layers.items()
@@ -148,7 +147,7 @@ def taylor(ctx: ScoreContext) -> Scores:
     params = [
         p for layer in ctx.layers.values() for p in (layer.weight, layer.bias) if p is not None
     ]
-    try:
+    with evaluating(model):
         for x, y in batches:
             with torch.enable_grad():
                 grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, allow_unused=True)
@@ -163,8 +162,6 @@ def taylor(ctx: ScoreContext) -> Scores:
                     if layer.bias is not None:
                         unit = unit + layer.bias * grad_of[id(layer.bias)]
                     scores[name] += unit.abs()
-    finally:
-        model.train(was_training)
     return scores
 
 

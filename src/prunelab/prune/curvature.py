@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunelab.models import evaluating
+
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -98,11 +100,9 @@ def _mean_squared_sample_grads(
 ) -> dict[str, dict[str, torch.Tensor]]:
     """mean_n sum_v (per-sample gradient of v . logits_n)^2 for each parameter of ``layers``,
     with the vectors v of each batch given by ``output_grads(logits, labels)``."""
-    was_training = model.training
-    model.eval()
     acc, n = _empty(layers), 0
     names = list(layers)
-    try:
+    with evaluating(model):
         with _Recorder(layers) as rec, torch.enable_grad():
             for x, y in batches:
                 logits = model(x)
@@ -116,8 +116,6 @@ def _mean_squared_sample_grads(
                             parts.get("bias"),
                         )  # fmt: skip
                 n += x.shape[0]
-    finally:
-        model.train(was_training)
     if n == 0:
         raise ValueError("no calibration data: curvature needs at least one batch")
     return {
@@ -162,16 +160,12 @@ def empirical_fisher_diagonal(
 @torch.no_grad()
 def layer_inputs(model: nn.Module, layer: nn.Module, batches: Batches) -> torch.Tensor:
     """The rows a layer's weight multiplies, over all calibration batches: [M, fan_in]."""
-    was_training = model.training
-    model.eval()
     rows = []
-    try:
+    with evaluating(model):
         with _Recorder({"layer": layer}) as rec:
             for x, _ in batches:
                 model(x)
                 rows.append(_patches(layer, rec.inputs["layer"]).flatten(0, 1))
-    finally:
-        model.train(was_training)
     if not rows:
         raise ValueError("no calibration data: OBS needs at least one batch")
     return torch.cat(rows)

@@ -62,6 +62,11 @@ class PruneMethod:
         return CRITERIA[self.criterion].solver_rounds
 
 
+def file_safe(method_name: str) -> str:
+    """A method's name as part of a file name (``weight:obd@global`` -> ``weight-obd-global``)."""
+    return method_name.replace(":", "-").replace("@", "-")
+
+
 def check_k(k: float) -> float:
     """A pruning fraction must lie in [0, 1): k = 1 would remove everything."""
     if not 0.0 <= k < 1.0:
