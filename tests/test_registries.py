@@ -4,7 +4,9 @@ criterion is one function plus one entry."""
 import pytest
 
 from prunelab.cli import subcommands
-from prunelab.models import ModelConfig
+from prunelab.data import DATASETS
+from prunelab.executors import EXECUTORS
+from prunelab.models import MODELS, ModelConfig, build_model
 from prunelab.prune import PruneMethod
 from prunelab.prune.criteria import CRITERIA, Criterion, magnitude
 from prunelab.report import build_report
@@ -27,6 +29,12 @@ def test_every_criterion_and_schedule_renders_in_help_and_descriptions():
     for name in SCHEDULES:
         assert name in text
         assert describe_schedule(Schedule(name))  # every placeholder has a field
+    for name, model in MODELS.items():
+        assert f"{name}: {model.describe}" in " ".join(text.split())
+        build_model(ModelConfig(name))  # its default sizes fit its own rules
+    for registry in (DATASETS, EXECUTORS):
+        for name, entry in registry.items():
+            assert f"{name}: {entry.describe}" in " ".join(text.split()), name
 
 
 def test_a_new_criterion_is_one_function_and_one_entry(tiny_data_dir, tmp_path, monkeypatch):

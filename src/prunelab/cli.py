@@ -23,7 +23,7 @@ from prunelab.data import DATASETS, DataError
 from prunelab.executors import EXECUTORS
 from prunelab.export import EXPORT_FORMS, export_cell
 from prunelab.migrate import ensure_migrated
-from prunelab.models import DEFAULT_SIZES, MODELS, ModelConfig
+from prunelab.models import MODELS, ModelConfig
 from prunelab.paths import RunPaths
 from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.method import SCOPES, STRUCTURES, PruneMethod
@@ -142,9 +142,9 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         "executors and worker counts for the same threads per cell",
     )  # fmt: skip
     p.add_argument(
-        "--executor", default=RunOptions().executor, choices=EXECUTORS,
-        help="local: this machine; ray: Ray tasks on a cluster (prunelab[ray]) "
-        "(default: %(default)s)",
+        "--executor", default=RunOptions().executor, choices=list(EXECUTORS),
+        help="; ".join(f"{name}: {e.describe}" for name, e in EXECUTORS.items())
+        + " (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--ray-address",
@@ -157,7 +157,8 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     """Options shared by study and budget: data, model, training, where and how to run."""
     p.add_argument(
         "--dataset", default=StudyConfig().dataset,
-        help=f"{' or '.join(DATASETS)} (default: %(default)s)",
+        help="; ".join(f"{name}: {d.describe}" for name, d in DATASETS.items())
+        + " (default: %(default)s)",
     )  # fmt: skip
     p.add_argument("--data-dir", type=Path, help="folder holding the dataset's four IDX files")
     p.add_argument("--no-download", action="store_true", help="never download data")
@@ -173,12 +174,13 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     )
     p.add_argument(
         "--model", default=ModelConfig().name, choices=sorted(MODELS),
-        help="mlp: the seed's ReLU MLP; lenet5: a small CNN (default: %(default)s)",
+        help="; ".join(f"{name}: {m.describe}" for name, m in MODELS.items())
+        + " (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--hidden", type=_ints,
         help="hidden sizes (default: "
-        + "; ".join(f"{name} {','.join(map(str, sizes))}" for name, sizes in DEFAULT_SIZES.items())
+        + "; ".join(f"{name} {','.join(map(str, m.sizes))}" for name, m in MODELS.items())
         + ")",
     )  # fmt: skip
     p.add_argument(

@@ -37,15 +37,19 @@ IDX_FILES = {
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """A registered dataset: one entry of ``DATASETS``, all that names it elsewhere."""
+
     name: str
     url: str  # base URL of the gzipped IDX files
     md5: dict[str, str]  # published MD5 of each gzipped IDX file, by IDX_FILES key
     debian_dir: str | None = None
+    describe: str = ""  # its line in --help
 
 
 DATASETS = {
     "mnist": DatasetSpec(
         name="mnist",
+        describe="handwritten digits, 28x28",
         url="https://ossci-datasets.s3.amazonaws.com/mnist/",
         md5={
             "train_images": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -56,6 +60,7 @@ DATASETS = {
     ),
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
+        describe="Zalando's clothing images, 28x28",
         url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         md5={
             "train_images": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-EXECUTORS = ("local", "ray")
-
 
 @dataclass(frozen=True)
 class Execution:
@@ -80,8 +78,10 @@ def run_cells(cells: list[Cell], work: Work, execution: Execution, context: tupl
     for the cells that failed (after Ray's retries, for Ray)."""
     if not cells:
         return {}
-    if execution.executor == "ray":
-        return _run_ray(cells, work, execution, context)
+    return EXECUTORS[execution.executor].run(cells, work, execution, context)
+
+
+def _run_local(cells: list[Cell], work: Work, execution: Execution, context: tuple) -> dict:
     if execution.workers == 1:
         return _run_here(cells, work, execution.threads_per_cell, context)
     return _run_processes(cells, work, execution, context)
@@ -170,3 +170,18 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 def _ray_task(work: Work, threads: int, context: tuple, cell: Cell) -> None:
     _init_process(threads)
     work(*context, *cell)
+
+
+@dataclass(frozen=True)
+class ExecutorKind:
+    """A registered executor: ``run(cells, work, execution, context)`` returns
+    {cell index: error line}; ``describe`` is its line in ``--help``."""
+
+    run: Callable[[list[Cell], Work, Execution, tuple], dict]
+    describe: str
+
+
+EXECUTORS: dict[str, ExecutorKind] = {
+    "local": ExecutorKind(_run_local, "this machine, in this process or in --workers processes"),
+    "ray": ExecutorKind(_run_ray, "Ray tasks on a cluster (prunelab[ray])"),
+}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -24,8 +24,11 @@ class ModelConfig:
         sizes = self.sizes
         if not sizes or any(h < 1 for h in sizes):
             raise ValueError(f"hidden sizes must be positive, got {sizes}")
-        if self.name == "lenet5" and (len(sizes) != 4 or self.dropout):
-            raise ValueError("lenet5 takes four sizes (conv1, conv2, fc1, fc2) and no dropout")
+        kind = MODELS[self.name]
+        if kind.depth is not None and len(sizes) != kind.depth:
+            raise ValueError(f"{self.name} takes {kind.depth} hidden sizes, got {sizes}")
+        if self.dropout and not kind.dropout:
+            raise ValueError(f"{self.name} takes no dropout")
         if self.dropout and len(self.dropout) != len(sizes):
             raise ValueError(
                 f"give one dropout rate per hidden layer ({len(sizes)}), got {self.dropout}"
@@ -33,7 +36,7 @@ class ModelConfig:
 
     @property
     def sizes(self) -> tuple[int, ...]:
-        return self.hidden if self.hidden is not None else DEFAULT_SIZES[self.name]
+        return self.hidden if self.hidden is not None else MODELS[self.name].sizes
 
 
 @contextmanager
@@ -82,8 +85,27 @@ def lenet5(
     )  # fmt: skip
 
 
-MODELS = {"mlp": mlp, "lenet5": lenet5}
-DEFAULT_SIZES = {"mlp": (1000, 1000, 500, 200), "lenet5": (6, 16, 120, 84)}
+@dataclass(frozen=True)
+class ModelKind:
+    """A registered model: one entry of ``MODELS``, all that names it elsewhere.
+
+    ``build(hidden, dropout, num_classes=...)`` makes it; ``sizes`` are its default
+    hidden sizes; ``depth``, how many sizes it takes (None: any); ``dropout``,
+    whether it takes dropout rates; ``describe``, its line in ``--help``.
+    """
+
+    build: Callable[..., nn.Module]
+    sizes: tuple[int, ...]
+    describe: str
+    depth: int | None = None
+    dropout: bool = True
+
+
+MODELS: dict[str, ModelKind] = {
+    "mlp": ModelKind(mlp, (1000, 1000, 500, 200), "the seed's ReLU MLP"),
+    "lenet5": ModelKind(lenet5, (6, 16, 120, 84), "a small CNN (LeNet-5: conv1, conv2, fc1, "
+                        "fc2)", depth=4, dropout=False),
+}  # fmt: skip
 
 
 def build_model(config: ModelConfig, num_classes: int = 10, seed: int | None = None) -> nn.Module:
@@ -91,7 +113,7 @@ def build_model(config: ModelConfig, num_classes: int = 10, seed: int | None = N
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        return MODELS[config.name](config.sizes, config.dropout, num_classes=num_classes)
+        return MODELS[config.name].build(config.sizes, config.dropout, num_classes=num_classes)
 
 
 class NothingToPruneError(ValueError):
