@@ -131,7 +131,7 @@ def test_report_command_rewrites_the_report_and_refuses_a_non_run(tiny_run, tmp_
     assert result.returncode == 0, result.stderr
     assert (out / "report.md").exists()
     result = run("report", str(tmp_path))
-    assert result.returncode == 2 and "holds no finished study" in result.stderr
+    assert result.returncode == 2 and "is not a study run directory" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -22,9 +21,7 @@ from prunelab.budget import (
 from prunelab.data import DATASETS, DataError
 from prunelab.executors import EXECUTORS
 from prunelab.export import EXPORT_FORMS, export_cell
-from prunelab.migrate import ensure_migrated
 from prunelab.models import MODELS, ModelConfig
-from prunelab.paths import RunPaths
 from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.method import SCOPES, STRUCTURES, PruneMethod
 from prunelab.report import write_report
@@ -32,7 +29,14 @@ from prunelab.results import summary_table
 from prunelab.rundir import holder
 from prunelab.schedules import SCHEDULES, Schedule, describe_schedule
 from prunelab.study import CellsFailedError, run_study
-from prunelab.study_config import RECIPES, RunOptions, StudyConfig, load_config, quick, study_cells
+from prunelab.study_config import (
+    RECIPES,
+    RunOptions,
+    StudyConfig,
+    cell_states,
+    open_run,
+    quick,
+)
 from prunelab.sweep import expand, read_sweep
 from prunelab.train import TrainConfig, fast_cpu_math
 
@@ -387,24 +391,12 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 
 
 def status(args: argparse.Namespace) -> int:
-    paths = RunPaths(args.run_dir)
-    if not paths.config.exists():
-        raise ValueError(f"{args.run_dir} is not a study run directory (it has no config.json)")
-    config = load_config(paths.config)
-    ensure_migrated(paths, config)
+    paths, config = open_run(args.run_dir)
     counts = {"finished": 0, "failed": 0, "pending": 0}
-    for cell_config, method, k in study_cells(config):
-        cell_id = cell_config.cell_id(method, k)
-        line = f"{method.name} k={k:g} seed {cell_config.seed}"
-        if paths.cell(cell_id).exists():
-            state = "finished"
-        elif paths.cell_failure(cell_id).exists():
-            state = "failed"
-            line += ": " + json.loads(paths.cell_failure(cell_id).read_text())["error"]
-        else:
-            state = "pending"
-        counts[state] += 1
-        print(f"{state:>9}  {line}")
+    for cell in cell_states(paths, config):
+        counts[cell.state] += 1
+        error = f": {cell.error}" if cell.error else ""
+        print(f"{cell.state:>9}  {cell.method} k={cell.k:g} seed {cell.seed}{error}")
     running = holder(paths.root)
     print(", ".join(f"{n} {state}" for state, n in counts.items())
           + (f"; running: {running}" if running else ""))  # fmt: skip

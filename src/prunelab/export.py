@@ -38,12 +38,10 @@ from prunelab.compact import compact
 from prunelab.config import from_dict, to_dict
 from prunelab.data import load_dataset
 from prunelab.metrics import nonzero_parameters
-from prunelab.migrate import ensure_migrated
 from prunelab.models import ModelConfig, build_model
-from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod
 from prunelab.storage import atomic_write_bytes, state_dict_bytes
-from prunelab.study_config import load_config
+from prunelab.study_config import open_run
 from prunelab.train import evaluate
 
 FORMAT = "prunelab-sparse-1"
@@ -340,11 +338,7 @@ def export_cell(
         raise ValueError(f"unknown format {form!r}; choose from {', '.join(EXPORT_FORMS)}")
     if codebook_bits is not None and form != "sparse":
         raise ValueError("a codebook applies to the sparse format only")
-    paths = RunPaths(Path(run_dir))
-    if not paths.config.exists():
-        raise ValueError(f"{run_dir} is not a study run directory (it has no config.json)")
-    config = load_config(paths.config)
-    ensure_migrated(paths, config)
+    paths, config = open_run(run_dir)
     wanted = PruneMethod.parse(method)
     names = [PruneMethod.parse(m).name for m in config.methods]
     if wanted.name not in names:

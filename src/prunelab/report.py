@@ -17,7 +17,6 @@ from pathlib import Path
 
 from prunelab.bases import mean_dense
 from prunelab.budget import DEFAULT_MAX_DROP, points
-from prunelab.migrate import ensure_migrated
 from prunelab.paths import RunPaths
 from prunelab.provenance import describe
 from prunelab.prune import PruneMethod
@@ -25,7 +24,7 @@ from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.method import file_safe
 from prunelab.schedules import describe_schedule
 from prunelab.storage import atomic_write_text
-from prunelab.study_config import StudyConfig, load_config, study_cells
+from prunelab.study_config import StudyConfig, open_run, study_cells
 
 STRUCTURE_TEXT = {
     "weight": "single weights are set to zero (the layers keep their shape)",
@@ -277,11 +276,9 @@ def _figures(folder: Path, methods: list[str]) -> list[FigureEntry]:
 
 
 def build_report(run_dir: str | Path) -> Report:
-    paths = RunPaths(Path(run_dir))
-    if not paths.config.exists() or not paths.results.exists():
-        raise ValueError(f"{run_dir} holds no finished study (no config.json or results.csv)")
-    config = load_config(paths.config)
-    ensure_migrated(paths, config)
+    paths, config = open_run(run_dir)
+    if not paths.results.exists():
+        raise ValueError(f"{run_dir} holds no finished study (it has no results.csv)")
     records = [paths.base_record(c.base_id()) for c in config.per_seed()]
     missing = [str(path) for path in records if not path.exists()]
     if missing:

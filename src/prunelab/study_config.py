@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from prunelab.config import canonical, config_id, read_config
 from prunelab.data import DATASETS
+from prunelab.migrate import ensure_migrated
 from prunelab.models import ModelConfig
+from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod, check_k
 from prunelab.schedules import Schedule
 from prunelab.train import TrainConfig
@@ -127,3 +130,39 @@ def study_cells(config: StudyConfig) -> list[tuple[StudyConfig, PruneMethod, flo
 
 def load_config(path: str | Path) -> StudyConfig:
     return read_config(path, StudyConfig)
+
+
+def open_run(run_dir: str | Path) -> tuple[RunPaths, StudyConfig]:
+    """A study's run directory and configuration, for commands that read it (a 0.1.0
+    directory is migrated to today's ids first)."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.config.exists():
+        raise ValueError(f"{run_dir} is not a study run directory (it has no config.json)")
+    config = load_config(paths.config)
+    ensure_migrated(paths, config)
+    return paths, config
+
+
+@dataclass(frozen=True)
+class CellState:
+    method: str
+    k: float
+    seed: int
+    state: str  # "finished", "failed" or "pending"
+    error: str | None = None  # of the last failed attempt
+
+
+def cell_states(paths: RunPaths, config: StudyConfig) -> list[CellState]:
+    """Where each cell of the grid stands, in the tables' order."""
+    states = []
+    for c, method, k in study_cells(config):
+        cell_id, error = c.cell_id(method, k), None
+        if paths.cell(cell_id).exists():
+            state = "finished"
+        elif paths.cell_failure(cell_id).exists():
+            state = "failed"
+            error = json.loads(paths.cell_failure(cell_id).read_text())["error"]
+        else:
+            state = "pending"
+        states.append(CellState(method.name, k, c.seed, state, error))
+    return states
