@@ -54,3 +54,16 @@ def test_a_new_criterion_is_one_function_and_one_entry(tiny_data_dir, tmp_path, 
 def test_an_unknown_criterion_names_the_registered_ones():
     with pytest.raises(ValueError, match="choose from magnitude, random"):
         PruneMethod("weight", "nonsense")
+
+
+def test_the_architecture_notes_point_at_each_registry():
+    """docs/ARCHITECTURE.md names the file and line where each registry starts."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    text = (root / "docs" / "ARCHITECTURE.md").read_text()
+    references = re.findall(r"`(src/prunelab/[\w/]+\.py):(\d+)` `(\w+)`", text)
+    assert len(references) == 7
+    for path, line, name in references:
+        assert (root / path).read_text().splitlines()[int(line) - 1].startswith(name), name
