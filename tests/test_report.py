@@ -6,7 +6,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from prunelab.report import answer, largest_k_within, read_results
+from prunelab.answer import answer, largest_k_within
+from prunelab.results import read_results
 
 from .conftest import run
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunelab.answer import DEFAULT_MAX_DROP, points
 from prunelab.bases import BaseModels, load_study_data, resolve_device
 from prunelab.compact import CompactionError, compact
 from prunelab.data import Dataset, Split, calibration_batches
@@ -35,13 +36,7 @@ from prunelab.study_config import RunOptions, StudyConfig
 from prunelab.train import TrainConfig, evaluate
 
 K_MAX = 0.995  # the bracket stops here: a network needs something left
-DEFAULT_MAX_DROP = 1.0  # accuracy points: the tolerance of `budget` and of the report's answer
 DEFAULT_RESOLUTION = 0.005  # of k: half a point
-
-
-def points(drop: float) -> str:
-    """A tolerance in accuracy points, in words: "1 point", "0.5 points"."""
-    return f"{drop:g} point" + ("" if drop == 1 else "s")
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,12 @@ from pathlib import Path
 import torch
 
 from prunelab import __version__
+from prunelab.answer import DEFAULT_MAX_DROP, points
 from prunelab.budget import (
-    DEFAULT_MAX_DROP,
     DEFAULT_RESOLUTION,
     answers_table,
     budget_study,
     check_max_drop,
-    points,
 )
 from prunelab.data import DATASETS, DataError
 from prunelab.executors import EXECUTORS

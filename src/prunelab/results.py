@@ -97,3 +97,18 @@ def summary_table(results: list[dict], dense: dict) -> str:
             f" {accuracy(phases['oneshot']):>{width}} {accuracy(final):>{width}}"
         )
     return "\n".join(lines)
+
+
+TEXT_COLUMNS = ("method", "structure", "criterion", "scope", "schedule", "phase")
+
+
+def read_results(path: Path) -> list[dict]:
+    """``results.csv`` with numbers as numbers (empty cells stay empty strings)."""
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key not in TEXT_COLUMNS and value:
+                    row[key] = float(value)
+            rows.append(row)
+    return rows
