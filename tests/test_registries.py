@@ -66,4 +66,5 @@ def test_the_architecture_notes_point_at_each_registry():
     references = re.findall(r"`(src/prunelab/[\w/]+\.py):(\d+)` `(\w+)`", text)
     assert len(references) == 7
     for path, line, name in references:
-        assert (root / path).read_text().splitlines()[int(line) - 1].startswith(name), name
+        line_text = (root / path).read_text().splitlines()[int(line) - 1]
+        assert line_text.startswith(name), f"{name} moved: update docs/ARCHITECTURE.md"

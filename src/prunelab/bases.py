@@ -97,13 +97,13 @@ def _base_model(
 ) -> tuple[dict, dict | None, dict]:
     """Train the dense model once; later runs with the same settings load it.
 
-    Returns its state, the state ``rewind_steps`` into its training (lottery
-    schedule only; None otherwise) and its record.
+    Returns its state, the state ``rewind_steps`` into its training (rewinding
+    schedules only; None otherwise) and its record.
     """
     base_id = config.base_id()
     model = build_model(config.model, data.num_classes, seed=config.seed).to(device)
     weights, record = paths.base_model(base_id), paths.base_record(base_id)
-    lottery = rewinds(config)
+    rewinding = rewinds(config)
     rewind_path = paths.rewind_model(base_id, config.schedule.rewind_steps)
     need_training = not (weights.exists() and record.exists())
     if not need_training:
@@ -114,7 +114,7 @@ def _base_model(
             raise DataError(
                 f"cannot load the stored dense model {weights} ({err}); delete it to retrain"
             ) from err
-    if need_training or (lottery and not rewind_path.exists()):
+    if need_training or (rewinding and not rewind_path.exists()):
         # Training is deterministic from its seed: a rerun made only for a missing
         # rewind snapshot retraces the stored model's path.
         trainee = model
@@ -139,7 +139,7 @@ def _base_model(
             tqdm.write(f"dense model: test accuracy {test.accuracy:.4f} (saved to {weights})")
     state = {name: t.clone() for name, t in model.state_dict().items()}
     rewind = None
-    if lottery:
+    if rewinding:
         rewound = build_model(config.model, data.num_classes).to(device)
         load_state_dict(rewound, rewind_path)
         rewind = rewound.state_dict()
@@ -157,11 +157,3 @@ class _Snapshot:
         self.taken += 1
         if self.taken == self.steps:
             self.model.load_state_dict(model.state_dict())
-
-
-def mean_dense(records: list[dict]) -> dict:
-    """The dense figures averaged over seeds (the record itself for one seed)."""
-    if len(records) == 1:
-        return records[0]
-    keys = ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
-    return {key: sum(r[key] for r in records) / len(records) for key in keys}

@@ -256,7 +256,7 @@ def budget_study(
     with RunLock(paths.root):
         answers = _search_all(config, options, plans, paths, device, max_drop, resolution)
         record = [{**asdict(a), "sentence": a.sentence} for a in answers]
-        atomic_write_text(paths.root / "budget.json", json.dumps(record, indent=1))
+        atomic_write_text(paths.budget, json.dumps(record, indent=1))
     return answers
 
 
@@ -289,7 +289,7 @@ def _save_answer_model(paths: RunPaths, config: StudyConfig, method: PruneMethod
     model, model_config = load_sparse(paths.cell_model(config.cell_id(method, k)))
     stem = f"budget-{file_safe(method.name)}-{config.schedule.name}-k{k:g}"
     if method.structure == "unit":
-        path = paths.root / f"{stem}.compact.safetensors"
+        path = paths.budget_model(stem, "compact")
         try:
             small = compact(model)
         except CompactionError:
@@ -297,7 +297,7 @@ def _save_answer_model(paths: RunPaths, config: StudyConfig, method: PruneMethod
         else:
             save_sparse(small, compacted_config(model_config, small), path, sparse=False)
             return str(path)
-    path = paths.root / f"{stem}.sparse.safetensors"
+    path = paths.budget_model(stem, "sparse")
     save_sparse(model, model_config, path)
     return str(path)
 

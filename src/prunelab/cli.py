@@ -120,7 +120,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         "--schedule", default=Schedule().name, choices=list(SCHEDULES),
         help="how k is reached (with the default --rounds, --ramp and --prune-every): "
         + "; ".join(describe_schedule(Schedule(name)) for name in SCHEDULES).replace("%", "%%")
-        + " (default: %(default)s)",
+        + ". Give gradual several --finetune-epochs (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--seeds", type=int, default=StudyConfig().seeds,

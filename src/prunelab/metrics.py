@@ -7,6 +7,7 @@ import torch.utils.benchmark as benchmark
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from prunelab.compact import dead_units
 from prunelab.models import evaluating
 
 
@@ -16,15 +17,6 @@ def weight_sparsity(layers: dict[str, nn.Module]) -> float:
     zeros = sum(int((layer.weight == 0).sum()) for layer in layers.values())
     total = sum(layer.weight.numel() for layer in layers.values())
     return zeros / total
-
-
-@torch.no_grad()
-def dead_units(layer: nn.Module) -> torch.Tensor:
-    """Bool per output unit: incoming weights and bias all exactly zero."""
-    dead = (layer.weight.flatten(1) == 0).all(dim=1)
-    if layer.bias is not None:
-        dead &= layer.bias == 0
-    return dead
 
 
 @torch.no_grad()

@@ -26,7 +26,9 @@ class ModelConfig:
             raise ValueError(f"hidden sizes must be positive, got {sizes}")
         kind = MODELS[self.name]
         if kind.depth is not None and len(sizes) != kind.depth:
-            raise ValueError(f"{self.name} takes {kind.depth} hidden sizes, got {sizes}")
+            raise ValueError(
+                f"{self.name} takes {kind.depth} hidden sizes ({kind.describe}), got {sizes}"
+            )
         if self.dropout and not kind.dropout:
             raise ValueError(f"{self.name} takes no dropout")
         if self.dropout and len(self.dropout) != len(sizes):

@@ -35,6 +35,37 @@ class RunPaths:
     def figures(self) -> Path:
         return self.root / "figures"
 
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def answers(self) -> Path:
+        """The report's answers as data."""
+        return self.root / "answers.json"
+
+    @property
+    def budget(self) -> Path:
+        return self.root / "budget.json"
+
+    def budget_model(self, stem: str, form: str) -> Path:
+        """The pruned model of a budget answer, ``form`` "compact" or "sparse"."""
+        return self.root / f"{stem}.{form}.safetensors"
+
+    @property
+    def lock(self) -> Path:
+        """The OS lock of the study running in the directory."""
+        return self.root / ".lock"
+
+    @property
+    def holder(self) -> Path:
+        """Who holds the lock, for the error a second study gets."""
+        return self.root / ".holder"
+
     def base_model(self, base_id: str) -> Path:
         return self.root / "base" / f"{base_id}.safetensors"
 

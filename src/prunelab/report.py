@@ -15,13 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prunelab.answer import DEFAULT_MAX_DROP, Answer, answer, points
-from prunelab.bases import mean_dense
 from prunelab.paths import RunPaths
 from prunelab.provenance import describe
 from prunelab.prune import PruneMethod
 from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.method import file_safe
-from prunelab.results import read_results
+from prunelab.results import mean_dense, read_results
 from prunelab.schedules import describe_schedule
 from prunelab.storage import atomic_write_text
 from prunelab.study_config import StudyConfig, open_run, study_cells
@@ -109,11 +108,6 @@ def _describe_methods(config: StudyConfig) -> list[str]:
     return lines
 
 
-def _describe_schedule(config: StudyConfig) -> str:
-    schedule = config.schedule
-    return describe_schedule(schedule)
-
-
 def _describe_config(
     config: StudyConfig, dense: dict, provenance: list[str]
 ) -> list[tuple[str, str]]:
@@ -142,7 +136,7 @@ def _describe_config(
             f"{tune.optimizer}, lr {tune.lr:g} ({tune.lr_schedule}), {tune.epochs} epoch(s), "
             "pruned entries held at zero",
         ),
-        ("schedule", _describe_schedule(config)),
+        ("schedule", describe_schedule(config.schedule)),
         ("methods", ", ".join(config.methods)),
         ("k (fraction pruned)", ", ".join(f"{k:g}" for k in config.ks)),
         ("logits layer", "pruned too" if config.prune_last else "kept dense"),
@@ -333,9 +327,10 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     into ``run_dir``; return the paths of the two pages."""
     root = Path(run_dir)
     report = build_report(root)
-    html_path, md_path = root / "report.html", root / "report.md"
+    paths = RunPaths(root)
+    html_path, md_path = paths.report_html, paths.report_md
     atomic_write_text(html_path, to_html(report))
     atomic_write_text(md_path, to_markdown(report, root))
     answers = [{**asdict(a), "sentence": a.sentence} for a in report.answers]
-    atomic_write_text(root / "answers.json", json.dumps(answers, indent=1))
+    atomic_write_text(paths.answers, json.dumps(answers, indent=1))
     return html_path, md_path

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-import statistics
+import math
 from pathlib import Path
 
 from prunelab.storage import atomic_write_text
@@ -55,12 +55,15 @@ def summarize(results: list[dict]) -> list[dict]:
 
 
 def mean(values: list[float]) -> float:
-    return statistics.fmean(values)
+    return sum(values) / len(values)
 
 
 def std(values: list[float]) -> float:
     """Sample standard deviation over seeds; 0 for a single seed."""
-    return statistics.stdev(values) if len(values) > 1 else 0.0
+    if len(values) < 2:
+        return 0.0
+    center = mean(values)
+    return math.sqrt(sum((v - center) ** 2 for v in values) / (len(values) - 1))
 
 
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
@@ -112,3 +115,11 @@ def read_results(path: Path) -> list[dict]:
                     row[key] = float(value)
             rows.append(row)
     return rows
+
+
+def mean_dense(records: list[dict]) -> dict:
+    """The dense figures averaged over seeds (the record itself for one seed)."""
+    if len(records) == 1:
+        return records[0]
+    keys = ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
+    return {key: sum(r[key] for r in records) / len(records) for key in keys}

@@ -17,6 +17,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from prunelab.config import canonical, read_config
+from prunelab.paths import RunPaths
 
 # What a study may change and still share a run directory: its grid. Everything
 # else (data, model, training, fine-tuning, schedule) must match.
@@ -31,8 +32,9 @@ class RunLock:
     """``with RunLock(root):`` holds ``root`` for this process, or raises RunDirError."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.lock = FileLock(self.root / ".lock")
+        self.paths = RunPaths(Path(root))
+        self.root = self.paths.root
+        self.lock = FileLock(self.paths.lock)
 
     def __enter__(self) -> RunLock:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -45,7 +47,7 @@ class RunLock:
             ) from None
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         text = f"process {os.getpid()} on {socket.gethostname()} (since {started})"
-        (self.root / ".holder").write_text(text)
+        self.paths.holder.write_text(text)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -54,7 +56,7 @@ class RunLock:
 
 def _holder_text(root: Path) -> str:
     try:
-        return (root / ".holder").read_text().strip() or "another process"
+        return RunPaths(root).holder.read_text().strip() or "another process"
     except OSError:
         return "another process"
 
@@ -62,9 +64,9 @@ def _holder_text(root: Path) -> str:
 def holder(root: str | Path) -> str | None:
     """Who holds ``root``'s lock now (as another process sees it), or None."""
     root = Path(root)
-    if not (root / ".lock").exists():
+    if not RunPaths(root).lock.exists():
         return None
-    lock = FileLock(root / ".lock")
+    lock = FileLock(RunPaths(root).lock)
     try:
         lock.acquire(timeout=0)
     except Timeout:

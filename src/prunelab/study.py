@@ -23,7 +23,6 @@ from prunelab.bases import (
     BaseModels,
     bases_for,
     forget_bases,
-    mean_dense,
     resolve_device,
 )
 from prunelab.compact import compact
@@ -50,6 +49,7 @@ from prunelab.results import (
     LAYER_COLUMNS,
     RESULT_COLUMNS,
     SUMMARY_COLUMNS,
+    mean_dense,
     summarize,
     write_csv,
 )
@@ -208,7 +208,7 @@ def _run_cell(
         outcome = Outcome(finetune(model, masks, job, config.finetune, config.seed), masks)
     else:
         model.load_state_dict(base_state)
-        dense = DenseRun(rewind_state, config.train, config.model) if rewind_state else None
+        dense = None if rewind_state is None else DenseRun(rewind_state, config.train, config.model)
         outcome = run_schedule(config.schedule, model, job, dense)
     rows = [oneshot, measure(model, "finetuned", time.perf_counter() - start)]
     if outcome.control is not None:

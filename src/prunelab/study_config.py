@@ -116,7 +116,7 @@ class RunOptions:
     data_dir: Path | None = None
     device: str = "auto"
     download: bool = True
-    executor: str = "local"  # or "ray"
+    executor: str = "local"  # a name in prunelab.executors.EXECUTORS
     workers: int = 1  # local processes running cells
     ray_address: str | None = None  # an existing Ray cluster; None starts a local one
     threads: int | None = None  # torch threads per cell; None: cores / workers (Ray: 1)
