@@ -197,3 +197,14 @@ def test_threads_follow_omp_num_threads():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.stdout.split() == ["1", "1"], result.stderr
+
+
+def test_library_errors_name_settings_and_the_cli_names_flags(tmp_path):
+    from prunelab.budget import check_max_drop
+    from prunelab.cli import in_flags
+
+    with pytest.raises(ValueError, match="^`max_drop` is a tolerance") as err:
+        check_max_drop(60)
+    assert in_flags(str(err.value)).startswith("--max-drop is a tolerance")
+    result = run("study", "--workers", "0", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "error: --workers must be at least 1" in result.stderr

@@ -79,7 +79,7 @@ def test_a_config_json_missing_newer_settings_reads_with_their_defaults(tmp_path
         ({"methods": ("nonsense",)}, "unknown structure"),
         ({"dataset": "nonsense"}, "unknown dataset"),
         ({"methods": ()}, "at least one method"),
-        ({"train_limit": 0}, "train_limit must be positive"),
+        ({"train_limit": 0}, "`train_limit` must be positive"),
     ],
 )
 def test_invalid_study_configs_are_refused(kwargs, match):

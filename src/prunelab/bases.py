@@ -25,7 +25,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+        raise ValueError("`device` cuda asked for, but torch sees no CUDA device")
     if name not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {name!r}; choose from auto, cpu, cuda")
     return torch.device(name)

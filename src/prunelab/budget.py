@@ -104,7 +104,7 @@ class BudgetAnswer:
 def check_max_drop(max_drop: float) -> None:
     if not 0 <= max_drop < 50:
         raise ValueError(
-            f"--max-drop is a tolerance in accuracy points, from 0 to under 50; got {max_drop:g}"
+            f"`max_drop` is a tolerance in accuracy points, from 0 to under 50; got {max_drop:g}"
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -521,6 +522,17 @@ def sweep(p: argparse.ArgumentParser, argv: list[str], path: Path) -> int:
     return worst
 
 
+# Library errors name settings in backquotes; the command line names its flags.
+FLAGS = {"data_dir": "--data-dir", "max_drop": "--max-drop", "calibration_size": "--calibration",
+         "out": "--out", "device": "--device", "workers": "--workers", "threads": "--threads",
+         "executor": "--executor", "train_limit": "--train-limit", "seeds": "--seeds"}  # fmt: skip
+
+
+def in_flags(message: str) -> str:
+    """``message`` with each backquoted setting replaced by the option that sets it."""
+    return re.sub(r"`(\w+)`", lambda m: FLAGS.get(m[1], m[1]), message)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = parser()
@@ -531,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             return sweep(p, argv, args.config)
         return COMMANDS[args.command](args)
     except (ValueError, DataError, OSError) as err:
-        print(f"prunelab: error: {err}", file=sys.stderr)
+        print(f"prunelab: error: {in_flags(str(err))}", file=sys.stderr)
         return 2
     except CellsFailedError as err:
         return _report_failures(err.failures)

@@ -193,8 +193,8 @@ def _how_to_get(spec: DatasetSpec) -> str:
     }
     return (
         f"To get it, {hints.get(spec.name, '')}put the four IDX files "
-        f"({', '.join(IDX_FILES.values())}, optionally .gz) in a folder and pass "
-        f"--data-dir FOLDER, or allow the download of {spec.url}."
+        f"({', '.join(IDX_FILES.values())}, optionally .gz) in a folder given as "
+        f"`data_dir`, or allow the download of {spec.url}."
     )
 
 

@@ -38,16 +38,16 @@ class Execution:
                 f"unknown executor {self.executor!r}; choose from {', '.join(EXECUTORS)}"
             )
         if self.workers < 1:
-            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+            raise ValueError(f"`workers` must be at least 1, got {self.workers}")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {self.threads}")
+            raise ValueError(f"`threads` must be at least 1, got {self.threads}")
 
     def check(self) -> None:
         """Fail before any work if the executor cannot run: no ray, no cluster."""
         if self.executor != "ray":
             return
         if importlib.util.find_spec("ray") is None:
-            raise ValueError("--executor ray needs the ray extra: pip install 'prunelab[ray]'")
+            raise ValueError("`executor` ray needs the ray extra: pip install 'prunelab[ray]'")
         if self.ray_address is not None:
             _check_reachable(self.ray_address)
 

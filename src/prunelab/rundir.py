@@ -43,7 +43,7 @@ class RunLock:
         except Timeout:
             raise RunDirError(
                 f"{self.root} is in use by {_holder_text(self.root)}; wait for it to finish "
-                "or choose another --out"
+                "or choose another `out`"
             ) from None
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         text = f"process {os.getpid()} on {socket.gethostname()} (since {started})"
@@ -87,7 +87,7 @@ def check_compatible(config_path: Path, config) -> None:
         stored = read_config(config_path, type(config))
     except (OSError, ValueError, TypeError) as err:
         raise RunDirError(
-            f"{config_path} is unreadable ({err}); delete it or use another --out"
+            f"{config_path} is unreadable ({err}); delete it or use another `out`"
         ) from err
     differ = [
         f.name for f in dataclasses.fields(config)
@@ -97,5 +97,5 @@ def check_compatible(config_path: Path, config) -> None:
     if differ:
         raise RunDirError(
             f"{config_path.parent} holds a study with a different {', '.join(differ)}; "
-            "results would mix. Use another --out, or delete that directory"
+            "results would mix. Use another `out`, or delete that directory"
         )

@@ -60,11 +60,11 @@ class StudyConfig:
         for method in self.methods:
             PruneMethod.parse(method)
         if self.train_limit is not None and self.train_limit < 1:
-            raise ValueError(f"train_limit must be positive, got {self.train_limit}")
+            raise ValueError(f"`train_limit` must be positive, got {self.train_limit}")
         if self.seeds < 1:
-            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
+            raise ValueError(f"`seeds` must be at least 1, got {self.seeds}")
         if self.calibration_size < 1:
-            raise ValueError(f"calibration_size must be positive, got {self.calibration_size}")
+            raise ValueError(f"`calibration_size` must be positive, got {self.calibration_size}")
         for k in self.ks:
             check_k(k)
 
