@@ -522,15 +522,13 @@ def sweep(p: argparse.ArgumentParser, argv: list[str], path: Path) -> int:
     return worst
 
 
-# Library errors name settings in backquotes; the command line names its flags.
-FLAGS = {"data_dir": "--data-dir", "max_drop": "--max-drop", "calibration_size": "--calibration",
-         "out": "--out", "device": "--device", "workers": "--workers", "threads": "--threads",
-         "executor": "--executor", "train_limit": "--train-limit", "seeds": "--seeds"}  # fmt: skip
-
-
 def in_flags(message: str) -> str:
-    """``message`` with each backquoted setting replaced by the option that sets it."""
-    return re.sub(r"`(\w+)`", lambda m: FLAGS.get(m[1], m[1]), message)
+    """``message`` (library errors name settings in backquotes) with each setting
+    replaced by the option that sets it, as the parser declares them."""
+    flags = {action.dest: action.option_strings[-1] for sub in subcommands().values()
+             for action in sub._actions if action.option_strings}  # fmt: skip
+    flags["calibration_size"] = flags["calibration"]
+    return re.sub(r"`(\w+)`", lambda m: flags.get(m[1], m[1]), message)
 
 
 def main(argv: list[str] | None = None) -> int:

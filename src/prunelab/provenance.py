@@ -7,6 +7,7 @@ cell beside its results.
 
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def environment(device: torch.device | str, threads: int | None = None) -> dict:
     }
 
 
+@functools.cache
 def cpu_name() -> str:
     """The processor's model name where the system tells it, else its architecture."""
     cpuinfo = Path("/proc/cpuinfo")

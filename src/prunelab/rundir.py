@@ -33,16 +33,15 @@ class RunLock:
 
     def __init__(self, root: str | Path):
         self.paths = RunPaths(Path(root))
-        self.root = self.paths.root
         self.lock = FileLock(self.paths.lock)
 
     def __enter__(self) -> RunLock:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.paths.root.mkdir(parents=True, exist_ok=True)
         try:
             self.lock.acquire(timeout=0)
         except Timeout:
             raise RunDirError(
-                f"{self.root} is in use by {_holder_text(self.root)}; wait for it to finish "
+                f"{self.paths.root} is in use by {_holder_text(self.paths)}; wait for it to finish "
                 "or choose another `out`"
             ) from None
         started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -54,23 +53,23 @@ class RunLock:
         self.lock.release()
 
 
-def _holder_text(root: Path) -> str:
+def _holder_text(paths: RunPaths) -> str:
     try:
-        return RunPaths(root).holder.read_text().strip() or "another process"
+        return paths.holder.read_text().strip() or "another process"
     except OSError:
         return "another process"
 
 
 def holder(root: str | Path) -> str | None:
     """Who holds ``root``'s lock now (as another process sees it), or None."""
-    root = Path(root)
-    if not RunPaths(root).lock.exists():
+    paths = RunPaths(Path(root))
+    if not paths.lock.exists():
         return None
-    lock = FileLock(RunPaths(root).lock)
+    lock = FileLock(paths.lock)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        return _holder_text(root)
+        return _holder_text(paths)
     lock.release()
     return None
 
