@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,18 +26,65 @@ from prunelab.compact import CompactionError, compact
 from prunelab.data import Dataset, Split, calibration_batches
 from prunelab.export import compacted_config, load_sparse, save_sparse
 from prunelab.models import evaluating
+from prunelab.options import Setting, apply, settings_of
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod
-from prunelab.prune.method import file_safe
+from prunelab.prune.criteria import CRITERIA
+from prunelab.prune.method import STRUCTURES, file_safe
 from prunelab.rundir import RunLock
 from prunelab.schedules import SCHEDULES, Job, Schedule, run_schedule
 from prunelab.storage import atomic_write_text
 from prunelab.study import run_cell
-from prunelab.study_config import RunOptions, StudyConfig
+from prunelab.study_config import (
+    RunOptions,
+    StudyConfig,
+    from_values,
+    run_settings,
+    start_settings,
+    study_settings,
+)
 from prunelab.train import TrainConfig, evaluate
 
 K_MAX = 0.995  # the bracket stops here: a network needs something left
 DEFAULT_RESOLUTION = 0.005  # of k: half a point
+
+
+@dataclass(frozen=True)
+class Search:
+    """What ``budget_study`` looks for (its keywords), as settings by name."""
+
+    structure: str = field(
+        default="unit", metadata={"help": "prune weights or units", "choices": STRUCTURES}
+    )
+    criteria: tuple[str, ...] = field(
+        default=("magnitude",),
+        metadata={"help": lambda: f"comma-separated criteria: {', '.join(CRITERIA)}",
+                  "choices": lambda: CRITERIA},
+    )  # fmt: skip
+    schedules: tuple[str, ...] = field(
+        default=("oneshot",),
+        metadata={"help": lambda: f"comma-separated schedules: {', '.join(SCHEDULES)}",
+                  "choices": lambda: SCHEDULES},
+    )  # fmt: skip
+    max_drop: float = field(
+        default=DEFAULT_MAX_DROP, metadata={"help": "tolerated drop in accuracy points"}
+    )
+    resolution: float = field(default=DEFAULT_RESOLUTION, metadata={"help": "resolution of k"})
+
+
+BUDGET_OPTIONS = RunOptions(out=Path("runs/budget"))
+
+
+def budget_settings() -> list[Setting]:
+    """What a budget search takes by name: what it looks for, and the settings of a
+    study but those it picks itself (methods, ks, schedules) and the executor's (it
+    runs its probes one by one)."""
+    return (
+        settings_of(Search, {"": Search()})
+        + [s for s in start_settings() if s.path != "scope"]
+        + study_settings(skip=("methods", "ks", "seeds", "schedule.name"))
+        + run_settings(BUDGET_OPTIONS, skip=("executor", "workers", "ray_address", "threads"))
+    )
 
 
 @dataclass(frozen=True)
@@ -228,6 +276,18 @@ def find_budget(
     chosen = models[best.k] if best is not None else copy.deepcopy(model)
     answer = BudgetAnswer.of(method.name, schedule, max_drop, best, probes, dense_val, dense_test)
     return BudgetResult(answer, chosen)
+
+
+def budget_values(values: Mapping[str, Any]) -> tuple[StudyConfig, RunOptions, Search]:
+    """A budget search's configuration, run options and goal from settings by name."""
+    goal = {name: value for name, value in values.items() if name in _SEARCH}
+    config, options = from_values(
+        {name: value for name, value in values.items() if name not in _SEARCH}, BUDGET_OPTIONS
+    )
+    return config, options, apply(Search(), goal)
+
+
+_SEARCH = {f.name for f in fields(Search)}
 
 
 def budget_study(

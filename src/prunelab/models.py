@@ -9,14 +9,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from prunelab.options import listing, shown
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     """A built-in model. The default is the seed's ReLU MLP, 784-1000-1000-500-200-10."""
 
-    name: str = "mlp"
-    hidden: tuple[int, ...] | None = None  # None: the model's default sizes
-    dropout: tuple[float, ...] = field(default=())  # MLP: one rate per hidden layer, or none
+    name: str = field(
+        default="mlp",
+        metadata={"help": lambda: listing(MODELS), "flag": "model", "choices": lambda: MODELS},
+    )
+    hidden: tuple[int, ...] | None = field(  # None: the model's default sizes
+        default=None, metadata={"help": lambda: "hidden sizes (default: " + "; ".join(
+            f"{name} {shown(kind.sizes)}" for name, kind in MODELS.items()) + ")"},
+    )  # fmt: skip
+    dropout: tuple[float, ...] = field(
+        default=(), metadata={"help": "dropout rate after each hidden layer (mlp)"}
+    )
 
     def __post_init__(self) -> None:
         if self.name not in MODELS:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
@@ -32,11 +32,28 @@ from prunelab.train import EpochRecord, TrainConfig, train
 
 @dataclass(frozen=True)
 class Schedule:
-    name: str = "oneshot"
-    rounds: int = 5  # iterative, lottery
-    ramp: float = 0.6  # gradual: fraction of the steps over which sparsity rises to k
-    every: int = 50  # gradual: optimizer steps between mask updates
-    rewind_steps: int = 100  # lottery: the early iteration the weights are rewound to
+    name: str = field(
+        default="oneshot",
+        metadata={
+            "help": lambda: "how k is reached: " + describe_schedules(),
+            "flag": "schedule",
+            "choices": lambda: SCHEDULES,
+        },
+    )
+    rounds: int = field(
+        default=5, metadata={"help": "rounds of the iterative and lottery schedules"}
+    )
+    ramp: float = field(
+        default=0.6,
+        metadata={"help": "gradual: fraction of the steps over which sparsity rises to k"},
+    )
+    every: int = field(
+        default=50,
+        metadata={"help": "gradual: optimizer steps between mask updates", "flag": "prune-every"},
+    )
+    rewind_steps: int = field(
+        default=100, metadata={"help": "lottery: the step of dense training rewound to"}
+    )
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULES:
@@ -212,6 +229,11 @@ SCHEDULES: dict[str, ScheduleKind] = {
 def describe_schedule(schedule: Schedule) -> str:
     """The registered description, with this schedule's settings filled in."""
     return SCHEDULES[schedule.name].describe.format(**asdict(schedule))
+
+
+def describe_schedules() -> str:
+    """Every schedule, with the default settings, for help."""
+    return "; ".join(describe_schedule(Schedule(name)) for name in SCHEDULES)
 
 
 def run_schedule(

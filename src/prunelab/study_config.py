@@ -4,15 +4,21 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from prunelab.config import canonical, config_id, read_config
 from prunelab.data import DATASETS
+from prunelab.executors import EXECUTORS
 from prunelab.migrate import ensure_migrated
 from prunelab.models import ModelConfig
+from prunelab.options import Setting, apply, listing, settings_of
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod, check_k
+from prunelab.prune.criteria import CRITERIA
+from prunelab.prune.method import SCOPES, STRUCTURES
 from prunelab.schedules import Schedule
 from prunelab.train import TrainConfig
 
@@ -38,19 +44,47 @@ class StudyConfig:
     """What a study computes. Ids hash the settings that differ from their defaults
     (``prunelab.config.canonical``); the grid (methods, ks, seeds) picks the cells."""
 
-    dataset: str = "mnist"
-    val_size: int = 5000
-    train_limit: int | None = None
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    finetune: TrainConfig = field(default_factory=_default_finetune)
-    methods: tuple[str, ...] = ("weight", "unit")  # STRUCTURE[:CRITERION][@SCOPE]
-    ks: tuple[float, ...] = DEFAULT_KS
-    prune_last: bool = False
-    calibration_size: int = 1024  # training images the data-driven criteria look at
-    schedule: Schedule = field(default_factory=Schedule)
-    seed: int = 0
-    seeds: int = 1  # every cell is repeated for seeds seed, seed + 1, ...
+    dataset: str = field(
+        default="mnist", metadata={"help": lambda: listing(DATASETS), "choices": DATASETS}
+    )
+    val_size: int = field(
+        default=5000, metadata={"help": "validation images carved from the training set"}
+    )
+    train_limit: int | None = field(
+        default=None, metadata={"help": "use only this many training images (default: all)"}
+    )
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"prefix": "", "of": ""})
+    train: TrainConfig = field(
+        default_factory=TrainConfig, metadata={"prefix": "", "of": "of the dense model"}
+    )
+    finetune: TrainConfig = field(
+        default_factory=_default_finetune,
+        metadata={"prefix": "finetune-", "of": "of fine-tuning, per cell"},
+    )
+    methods: tuple[str, ...] = field(
+        default=("weight", "unit"),
+        metadata={"help": lambda: "comma-separated STRUCTURE[:CRITERION][@SCOPE]; structures: "
+                  f"{', '.join(STRUCTURES)}; criteria: {', '.join(CRITERIA)}; a bare "
+                  "structure means magnitude"},
+    )  # fmt: skip
+    ks: tuple[float, ...] = field(
+        default=DEFAULT_KS, metadata={"help": "comma-separated fractions to prune, each in [0, 1)"}
+    )
+    prune_last: bool = field(default=False, metadata={"help": "prune the logits layer too"})
+    calibration_size: int = field(
+        default=1024,
+        metadata={"help": "training images that obd, fisher, taylor, obs and obc look at",
+                  "flag": "calibration"},
+    )  # fmt: skip
+    schedule: Schedule = field(default_factory=Schedule, metadata={"prefix": "", "of": ""})
+    seed: int = field(
+        default=0, metadata={"help": "seed of initialisation, batch order and dropout"}
+    )
+    seeds: int = field(  # every cell is repeated for seeds seed, seed + 1, ...
+        default=1,
+        metadata={"help": "repeat every cell, base model included, over this many seeds; "
+                  "tables give mean and std, figures a band"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -108,18 +142,139 @@ def quick(config: StudyConfig) -> StudyConfig:
     return replace(config, train_limit=10_000, train=replace(config.train, epochs=3))
 
 
+QUICK = quick(StudyConfig())
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where settings by name start from: a recipe, made quick or not; and the scopes
+    that methods naming none are run at."""
+
+    recipe: str = field(
+        default="fast",
+        metadata={"help": lambda: "; ".join(f"{name}: {_training(c)}" for name, c in
+                                            RECIPES.items()), "choices": lambda: RECIPES},
+    )  # fmt: skip
+    quick: bool = field(
+        default=False,
+        metadata={"help": f"small and fast: {QUICK.train_limit:,} training images, "
+                  f"{QUICK.train.epochs} epochs"},
+    )  # fmt: skip
+    scope: tuple[str, ...] = field(
+        default=("layer",),
+        metadata={"help": "comma-separated scopes for methods that name none (layer: every "
+                  "prunable layer loses k; global: k of all weights or units, ranked together, "
+                  "every layer keeping at least one)", "choices": SCOPES},
+    )  # fmt: skip
+
+
+def _training(config: StudyConfig) -> str:
+    train = config.train
+    return (
+        f"{train.optimizer}, lr {train.lr:g} ({train.lr_schedule}), batch {train.batch_size}, "
+        f"{train.epochs} epochs"
+        + (", augmentation" if train.augment else "")
+        + (", dropout" if config.model.dropout else "")
+    )
+
+
+def configure(values: Mapping[str, Any] | None = None, start: Start | None = None) -> StudyConfig:
+    """The recipe's configuration (made quick if asked) with ``values``, keyed by dotted
+    field path (``{"train.epochs": 3, "model.name": "lenet5"}``), set.
+
+    What the recipe sets for one setting carries over to another only where it
+    must: a different model starts from that model's own sizes, a recipe's dropout
+    is kept only for a network of its depth, fine-tuning takes the training batch size
+    unless it is given its own, and methods naming no scope run at each of ``start.scope``.
+    """
+    start = start or Start()
+    config = quick(RECIPES[start.recipe]) if start.quick else RECIPES[start.recipe]
+    values = dict(values or {})
+    if values.get("model.name", config.model.name) != config.model.name:
+        config = replace(config, model=ModelConfig(values["model.name"]))
+    hidden = values.get("model.hidden")
+    if hidden is not None and len(hidden) != len(config.model.dropout):
+        config = replace(config, model=replace(config.model, dropout=()))
+    if "train.batch_size" in values:
+        values.setdefault("finetune.batch_size", values["train.batch_size"])
+    methods = values.get("methods", config.methods)
+    scoped = (PruneMethod.parse(m, scope).name for scope in start.scope for m in methods)
+    values["methods"] = tuple(dict.fromkeys(scoped))
+    return apply(config, values)
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How a study runs (not what it computes): none of this enters an id."""
 
-    out: Path = Path("runs/study")
-    data_dir: Path | None = None
-    device: str = "auto"
-    download: bool = True
-    executor: str = "local"  # a name in prunelab.executors.EXECUTORS
-    workers: int = 1  # local processes running cells
-    ray_address: str | None = None  # an existing Ray cluster; None starts a local one
-    threads: int | None = None  # torch threads per cell; None: cores / workers (Ray: 1)
+    out: Path = field(default=Path("runs/study"), metadata={"help": "run directory"})
+    data_dir: Path | None = field(
+        default=None,
+        metadata={"help": "folder holding the dataset's four IDX files (default: the "
+                  "cache, an installed copy, else a download)"},
+    )  # fmt: skip
+    device: str = field(
+        default="auto",
+        metadata={"help": "where to compute", "choices": ("auto", "cpu", "cuda")},
+    )
+    download: bool = field(
+        default=True, metadata={"help": "download the dataset when no copy is found"}
+    )
+    executor: str = field(
+        default="local", metadata={"help": lambda: listing(EXECUTORS), "choices": EXECUTORS}
+    )
+    workers: int = field(
+        default=1,
+        metadata={"help": "run cells in this many local processes, the torch threads "
+                  "shared between them"},
+    )  # fmt: skip
+    ray_address: str | None = field(
+        default=None,
+        metadata={"help": "address of an existing Ray cluster, e.g. 10.0.0.1:6379 "
+                  "(default: start a local one)"},
+    )  # fmt: skip
+    threads: int | None = field(
+        default=None,
+        metadata={"help": "torch threads per cell (default: torch's thread count, which "
+                  "follows OMP_NUM_THREADS, shared between the workers; ray: 1). Results are "
+                  "identical across executors and worker counts for the same threads per cell"},
+    )  # fmt: skip
+
+
+def from_values(
+    values: Mapping[str, Any], run_defaults: RunOptions | None = None
+) -> tuple[StudyConfig, RunOptions]:
+    """A study's configuration and run options from settings by name, as the command
+    line and sweep files give them: ``Start``'s and ``RunOptions``' fields by their
+    names, the configuration's by dotted path (``configure``)."""
+    groups: dict[str, dict[str, Any]] = {"start": {}, "run": {}, "config": {}}
+    for path, value in values.items():
+        group = "start" if path in _START else "run" if path in _RUN else "config"
+        groups[group][path] = value
+    start = apply(Start(), groups["start"])
+    return configure(groups["config"], start), apply(run_defaults or RunOptions(), groups["run"])
+
+
+def start_settings() -> list[Setting]:
+    return settings_of(Start, {"": Start()})
+
+
+def study_settings(skip: tuple[str, ...] = ()) -> list[Setting]:
+    """Every setting of a study by name, its default each recipe's."""
+    return settings_of(StudyConfig, RECIPES, skip)
+
+
+def run_settings(defaults: RunOptions | None = None, skip: tuple[str, ...] = ()) -> list[Setting]:
+    return settings_of(RunOptions, {"": defaults or RunOptions()}, skip)
+
+
+def every_setting() -> list[Setting]:
+    """What a study takes by name: where it starts, what it computes, how it runs."""
+    return start_settings() + study_settings() + run_settings()
+
+
+_START = {f.name for f in fields(Start)}
+_RUN = {f.name for f in fields(RunOptions)}
 
 
 def study_cells(config: StudyConfig) -> list[tuple[StudyConfig, PruneMethod, float]]:

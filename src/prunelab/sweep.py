@@ -1,10 +1,10 @@
-"""Sweep files: a study's settings and grid in TOML, read as command-line defaults.
+"""Sweep files: a study's settings and grid in TOML.
 
 Keys are the study command's option names (``finetune-epochs`` or
-``finetune_epochs``); lists become the comma-separated values the command line
-takes. ``dataset``, ``model`` and ``schedule`` may be lists: one study runs per
-combination, each in its own subdirectory of ``out``. Options given on the
-command line override the file.
+``finetune_epochs``); values are TOML's own (a list where the setting takes
+several, or the command line's comma-separated text). ``dataset``, ``model``
+and ``schedule`` may be lists: one study runs per combination, each in its own
+subdirectory of ``out``. Values given on the command line override the file's.
 
     dataset = ["mnist", "fashion-mnist"]
     methods = ["weight", "unit:obd"]
@@ -16,19 +16,26 @@ command line override the file.
 from __future__ import annotations
 
 import itertools
+import math
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from prunelab.options import Setting, get
+from prunelab.study_config import RunOptions, StudyConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-EXPANDED = ("dataset", "model", "schedule")  # a list of these means one study each
+EXPANDED = ("dataset", "model.name", "schedule.name")  # a list of these: one study each
 
 
-def read_sweep(path: str | Path, known: set[str]) -> dict:
-    """The file's settings keyed by option destination, or a one-line ValueError."""
+def read_sweep(path: str | Path, settings: Sequence[Setting]) -> dict[str, Any]:
+    """The file's values keyed by field path, each checked as its setting takes it
+    (a list of values where one study runs per value), or a one-line ValueError."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -36,34 +43,38 @@ def read_sweep(path: str | Path, known: set[str]) -> dict:
         raise ValueError(f"cannot read the sweep file {path}: {err.strerror}") from err
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path} is not valid TOML: {err}") from err
+    by_key = {s.flag.replace("-", "_"): s for s in settings}
     values = {}
     for key, value in raw.items():
-        dest = key.replace("-", "_")
-        if dest not in known or dest == "config":
+        setting = by_key.get(key.replace("-", "_"))
+        if setting is None:
             raise ValueError(
                 f"unknown key {key!r} in {path}; keys are the options of prunelab study: "
-                + ", ".join(sorted(k.replace("_", "-") for k in known - {"config"}))
+                + ", ".join(sorted(s.flag for s in settings))
             )
-        if isinstance(value, dict):
-            raise ValueError(f"{path}: {key!r} must be a value or a list, not a table")
-        values[dest] = value
+        try:
+            if setting.path in EXPANDED and isinstance(value, list):
+                values[setting.path] = [setting.coerce(v) for v in value]
+            else:
+                values[setting.path] = setting.coerce(value)
+        except ValueError as err:
+            raise ValueError(f"{path}: {key}: {err}") from None
     return values
 
 
-def _as_option(value):
-    """What the command line would have given: text, or a flag's bool."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
-def expand(values: dict) -> list[dict]:
-    """One dict of command-line defaults per study of the sweep."""
-    grid = {key: values[key] for key in EXPANDED if isinstance(values.get(key), list)}
-    fixed = {key: _as_option(v) for key, v in values.items() if key not in grid}
-    return [
-        {**fixed, **dict(zip(grid, combination, strict=True))}
-        for combination in itertools.product(*grid.values())
-    ]
+def sweep_studies(values: Mapping[str, Any], given: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The values of each study of a sweep: the file's ``values`` at each combination
+    of its listed settings, the command line's ``given`` values over them. Where the
+    file lists more than one combination, each study runs in a subdirectory of ``out``
+    named after its dataset, model and schedule."""
+    lists = {key: values[key] for key in EXPANDED if isinstance(values.get(key), list)}
+    several = math.prod(len(v) for v in lists.values()) > 1
+    studies: list[dict[str, Any]] = []
+    for combination in itertools.product(*lists.values()):
+        study = {**values, **dict(zip(lists, combination, strict=True)), **given}
+        if several:
+            names = (str(study.get(key, get(StudyConfig(), key))) for key in EXPANDED)
+            study["out"] = Path(study.get("out", RunOptions().out)) / "-".join(names)
+        if study not in studies:  # the command line overrode a listed setting
+            studies.append(study)
+    return studies

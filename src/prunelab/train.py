@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -44,12 +44,16 @@ def fast_cpu_math() -> None:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    batch_size: int = 128
-    epochs: int = 5
-    lr_schedule: str = "cosine"
-    augment: bool = False
+    optimizer: str = field(default="adam", metadata={"help": "optimizer", "choices": OPTIMIZERS})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    batch_size: int = field(default=128, metadata={"help": "batch size"})
+    epochs: int = field(default=5, metadata={"help": "epochs"})
+    lr_schedule: str = field(
+        default="cosine", metadata={"help": "learning-rate schedule", "choices": LR_SCHEDULES}
+    )
+    augment: bool = field(
+        default=False, metadata={"help": "augmentation (small random rotations, zooms and shifts)"}
+    )
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
