@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prunelab.prune import PruneMethod
+from prunelab.results import mean, seed_groups
 
 DEFAULT_MAX_DROP = 1.0  # accuracy points: the tolerance of `budget` and of the report's answer
 
@@ -86,13 +87,9 @@ def answer(
 
 
 def seed_means(rows: list[dict]) -> list[dict]:
-    """Validation and test accuracy per (method, schedule, phase, k), averaged over seeds."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        key = (row["method"], row.get("schedule", "oneshot"), row["phase"], row["k"])
-        groups.setdefault(key, []).append(row)
+    """Validation and test accuracy per (method, schedule, k, phase), averaged over seeds."""
     return [
-        {"method": method, "schedule": schedule, "phase": phase, "k": k, "seeds": len(group),
-         **{m: sum(r[m] for r in group) / len(group) for m in ("val_accuracy", "test_accuracy")}}
-        for (method, schedule, phase, k), group in groups.items()
+        {"method": method, "schedule": schedule, "k": k, "phase": phase, "seeds": len(group),
+         **{m: mean([r[m] for r in group]) for m in ("val_accuracy", "test_accuracy")}}
+        for (method, schedule, k, phase), group in seed_groups(rows).items()
     ]  # fmt: skip

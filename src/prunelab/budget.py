@@ -244,21 +244,9 @@ def find_budget(
             f"the {schedule} schedule needs the dense training run; use prunelab study"
         )
     finetune = finetune or TrainConfig(epochs=1)
-    device = next(model.parameters()).device
-    train_split = _materialise(train_loader, device)
-    val_split = _materialise(val_loader, device)
-    test_split = _materialise(test_loader, device) if test_loader is not None else None
-    try:
-        with torch.no_grad(), evaluating(model):
-            logits = model(train_split.x[:2])
-        num_classes = logits.shape[-1]
-    except Exception as err:
-        raise ValueError(f"the model's forward fails on the training data: {err}") from err
-    if int(train_split.y.max()) >= num_classes:
-        raise ValueError(f"labels go up to {int(train_split.y.max())}, the model has "
-                         f"{num_classes} outputs")  # fmt: skip
-    data = Dataset("custom", "loaders", train_split, val_split, test_split or val_split,
-                   num_classes=num_classes)  # fmt: skip
+    data = _in_memory(model, train_loader, val_loader, test_loader)
+    train_split, val_split = data.train, data.val
+    test_split = data.test if test_loader is not None else None
     batches = calibration_batches(train_split, calibration_size, seed)
     dense_val = evaluate(model, val_split).accuracy
     dense_test = evaluate(model, test_split).accuracy if test_split is not None else None
@@ -276,6 +264,25 @@ def find_budget(
     chosen = models[best.k] if best is not None else copy.deepcopy(model)
     answer = BudgetAnswer.of(method.name, schedule, max_drop, best, probes, dense_val, dense_test)
     return BudgetResult(answer, chosen)
+
+
+def _in_memory(
+    model: nn.Module, train_loader: Iterable, val_loader: Iterable, test_loader: Iterable | None
+) -> Dataset:
+    """The loaders' batches on the model's device (validation standing in for a missing
+    test set), checked against the model's outputs."""
+    device = next(model.parameters()).device
+    train, val = _materialise(train_loader, device), _materialise(val_loader, device)
+    test = _materialise(test_loader, device) if test_loader is not None else val
+    try:
+        with torch.no_grad(), evaluating(model):
+            num_classes = model(train.x[:2]).shape[-1]
+    except Exception as err:
+        raise ValueError(f"the model's forward fails on the training data: {err}") from err
+    if int(train.y.max()) >= num_classes:
+        raise ValueError(f"labels go up to {int(train.y.max())}, the model has "
+                         f"{num_classes} outputs")  # fmt: skip
+    return Dataset("custom", "loaders", train, val, test, num_classes=num_classes)
 
 
 def budget_values(values: Mapping[str, Any]) -> tuple[StudyConfig, RunOptions, Search]:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from prunelab.idx import IDXError, read_idx
+from prunelab.options import check_choice
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -129,8 +130,7 @@ def load_dataset(
     ``train_limit`` keeps only the first that many training examples (after the
     validation split), for quick runs.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    check_choice("dataset", name, DATASETS)
     raw, source = find_raw(DATASETS[name], data_dir=data_dir, download=download)
     n_train = len(raw.train_labels)
     if not 0 < val_size < n_train:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from prunelab.options import check_choice
+
 
 @dataclass(frozen=True)
 class Execution:
@@ -33,10 +35,7 @@ class Execution:
     threads: int | None = None  # torch threads per cell; None: torch's threads shared out
 
     def __post_init__(self) -> None:
-        if self.executor not in EXECUTORS:
-            raise ValueError(
-                f"unknown executor {self.executor!r}; choose from {', '.join(EXECUTORS)}"
-            )
+        check_choice("executor", self.executor, EXECUTORS)
         if self.workers < 1:
             raise ValueError(f"`workers` must be at least 1, got {self.workers}")
         if self.threads is not None and self.threads < 1:

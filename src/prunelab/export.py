@@ -39,6 +39,7 @@ from prunelab.config import from_dict, to_dict
 from prunelab.data import load_dataset
 from prunelab.metrics import nonzero_parameters
 from prunelab.models import ModelConfig, build_model
+from prunelab.options import check_choice
 from prunelab.prune import PruneMethod
 from prunelab.storage import atomic_write_bytes, state_dict_bytes
 from prunelab.study_config import open_run
@@ -334,8 +335,7 @@ def export_cell(
     the accuracy reported is that of what was written. ``codebook_bits`` shares
     the sparse form's values through a per-layer k-means codebook.
     """
-    if form not in EXPORT_FORMS:
-        raise ValueError(f"unknown format {form!r}; choose from {', '.join(EXPORT_FORMS)}")
+    check_choice("format", form, EXPORT_FORMS)
     if codebook_bits is not None and form != "sparse":
         raise ValueError("a codebook applies to the sparse format only")
     paths, config = open_run(run_dir)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from prunelab.options import listing, shown
+from prunelab.options import check_choice, listing, shown
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,7 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.name not in MODELS:
-            raise ValueError(f"unknown model {self.name!r}; choose from {', '.join(MODELS)}")
+        check_choice("model", self.name, MODELS)
         sizes = self.sizes
         if not sizes or any(h < 1 for h in sizes):
             raise ValueError(f"hidden sizes must be positive, got {sizes}")

@@ -93,6 +93,12 @@ def _without_none(hint: Any) -> Any:
     return hint
 
 
+def check_choice(what: str, value: Any, choices: Collection) -> None:
+    """A one-line ValueError that names the choices, unless ``value`` is one of them."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(map(str, choices))}")
+
+
 def shown(value: Any) -> str:
     """A default as the command line would give it."""
     if isinstance(value, bool):

@@ -6,65 +6,36 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+class _File:
+    """A fixed file of the run directory: ``paths.results`` is ``paths.root / "results.csv"``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, paths: RunPaths, owner: type | None = None) -> Path:
+        return paths.root / self.name
+
+
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results.csv"
-
-    @property
-    def epochs(self) -> Path:
-        return self.root / "epochs.csv"
-
-    @property
-    def layers(self) -> Path:
-        return self.root / "layers.csv"
-
-    @property
-    def summary(self) -> Path:
-        """Mean and standard deviation over seeds per (method, k, phase)."""
-        return self.root / "summary.csv"
-
-    @property
-    def figures(self) -> Path:
-        return self.root / "figures"
-
-    @property
-    def report_html(self) -> Path:
-        return self.root / "report.html"
-
-    @property
-    def report_md(self) -> Path:
-        return self.root / "report.md"
-
-    @property
-    def answers(self) -> Path:
-        """The report's answers as data."""
-        return self.root / "answers.json"
-
-    @property
-    def budget(self) -> Path:
-        return self.root / "budget.json"
+    config = _File("config.json")
+    results = _File("results.csv")
+    epochs = _File("epochs.csv")
+    layers = _File("layers.csv")
+    summary = _File("summary.csv")  # mean and standard deviation over seeds per (method, k, phase)
+    figures = _File("figures")
+    report_html = _File("report.html")
+    report_md = _File("report.md")
+    answers = _File("answers.json")  # the report's answers as data
+    budget = _File("budget.json")
+    lock = _File(".lock")  # the OS lock of the study running in the directory
+    holder = _File(".holder")  # who holds the lock, for the error a second study gets
 
     def budget_model(self, stem: str, form: str) -> Path:
         """The pruned model of a budget answer, ``form`` "compact" or "sparse"."""
         return self.root / f"{stem}.{form}.safetensors"
-
-    @property
-    def lock(self) -> Path:
-        """The OS lock of the study running in the directory."""
-        return self.root / ".lock"
-
-    @property
-    def holder(self) -> Path:
-        """Who holds the lock, for the error a second study gets."""
-        return self.root / ".holder"
 
     def base_model(self, base_id: str) -> Path:
         return self.root / "base" / f"{base_id}.safetensors"

@@ -37,13 +37,18 @@ SUMMARY_COLUMNS = (
 )  # fmt: skip
 
 
-def summarize(results: list[dict]) -> list[dict]:
-    """Mean and sample standard deviation over seeds of each (method, k, phase)."""
+def seed_groups(results: list[dict]) -> dict[tuple, list[dict]]:
+    """The rows of each (method, schedule, k, phase), one per seed, in first-seen order."""
     groups: dict[tuple, list[dict]] = {}
     for row in results:
         groups.setdefault((row["method"], row["schedule"], row["k"], row["phase"]), []).append(row)
+    return groups
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """Mean and sample standard deviation over seeds of each (method, k, phase)."""
     summary = []
-    for (method, schedule, k, phase), rows in groups.items():
+    for (method, schedule, k, phase), rows in seed_groups(results).items():
         entry = {"method": method, "schedule": schedule, "k": k, "phase": phase,
                  "seeds": len(rows), "sparsity": mean([r["sparsity"] for r in rows]),
                  "units_removed": mean([r["units_removed"] for r in rows])}  # fmt: skip

@@ -26,6 +26,7 @@ from torch import nn
 from prunelab.compact import CompactionError, compact_with_indices, expand_
 from prunelab.data import Dataset
 from prunelab.models import ModelConfig, build_model
+from prunelab.options import check_choice
 from prunelab.prune import Masks, PruneMethod, prune
 from prunelab.train import EpochRecord, TrainConfig, train
 
@@ -56,8 +57,7 @@ class Schedule:
     )
 
     def __post_init__(self) -> None:
-        if self.name not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.name!r}; choose from {', '.join(SCHEDULES)}")
+        check_choice("schedule", self.name, SCHEDULES)
         if self.rounds < 1 or self.every < 1 or self.rewind_steps < 0:
             raise ValueError("rounds and every must be positive, rewind_steps not negative")
         if not 0 < self.ramp <= 1:

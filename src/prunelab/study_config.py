@@ -14,7 +14,7 @@ from prunelab.data import DATASETS
 from prunelab.executors import EXECUTORS
 from prunelab.migrate import ensure_migrated
 from prunelab.models import ModelConfig
-from prunelab.options import Setting, apply, listing, settings_of
+from prunelab.options import Setting, apply, check_choice, listing, settings_of
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod, check_k
 from prunelab.prune.criteria import CRITERIA
@@ -87,8 +87,7 @@ class StudyConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
+        check_choice("dataset", self.dataset, DATASETS)
         if not self.methods or not self.ks:
             raise ValueError("a study needs at least one method and one k")
         for method in self.methods:

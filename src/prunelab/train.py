@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from prunelab.augment import random_affine
 from prunelab.data import Split
 from prunelab.models import evaluating
+from prunelab.options import check_choice
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -56,14 +57,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}"
-            )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(
-                f"unknown lr schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}"
-            )
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("lr schedule", self.lr_schedule, LR_SCHEDULES)
         if self.lr <= 0 or self.batch_size < 1 or self.epochs < 0:
             raise ValueError(
                 "need lr > 0, batch_size >= 1 and epochs >= 0, got "

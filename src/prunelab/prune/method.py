@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prunelab.options import check_choice
 from prunelab.prune.criteria import CRITERIA
 
 STRUCTURES = ("weight", "unit")
@@ -18,16 +19,9 @@ class PruneMethod:
     scope: str = "layer"  # "layer": each layer loses k; "global": k of all, ranked together
 
     def __post_init__(self) -> None:
-        if self.structure not in STRUCTURES:
-            raise ValueError(
-                f"unknown structure {self.structure!r}; choose from {', '.join(STRUCTURES)}"
-            )
-        if self.criterion not in CRITERIA:
-            raise ValueError(
-                f"unknown criterion {self.criterion!r}; choose from {', '.join(CRITERIA)}"
-            )
-        if self.scope not in SCOPES:
-            raise ValueError(f"unknown scope {self.scope!r}; choose from {', '.join(SCOPES)}")
+        check_choice("structure", self.structure, STRUCTURES)
+        check_choice("criterion", self.criterion, CRITERIA)
+        check_choice("scope", self.scope, SCOPES)
         if self.solver_rounds is not None and self.scope != "layer":
             raise ValueError(
                 f"{self.criterion} solves each layer's reconstruction on its own, so it "
