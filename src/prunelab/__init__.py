@@ -22,7 +22,7 @@ from prunelab.prune import Masks, PruneMethod, prune
 from prunelab.report import write_report
 from prunelab.schedules import Schedule
 from prunelab.study import StudyResult, run_study
-from prunelab.study_config import RunOptions, StudyConfig
+from prunelab.study_config import RunOptions, Start, StudyConfig, configure
 from prunelab.train import TrainConfig
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "RunOptions",
     "Schedule",
     "Split",
+    "Start",
     "StudyConfig",
     "StudyResult",
     "TrainConfig",
@@ -44,6 +45,7 @@ __all__ = [
     "budget_study",
     "build_model",
     "compact",
+    "configure",
     "export_cell",
     "find_budget",
     "load_dataset",
