@@ -102,8 +102,8 @@ def test_budget_command_and_its_k_rerun_as_a_study(tiny_data_dir, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [(["--max-drop", "-1"], "tolerance"),
-     (["--schedules", "cyclic"], "'cyclic' is not one of oneshot, iterative"),
-     (["--criteria", "biggest"], "'biggest' is not one of magnitude, random")],
+     (["--schedules", "cyclic"], "unknown schedule 'cyclic'; choose from oneshot"),
+     (["--criteria", "biggest"], "unknown criterion 'biggest'; choose from magnitude")],
 )  # fmt: skip
 def test_budget_bad_input_is_one_line(args, message):
     result = run("budget", *args)

@@ -54,16 +54,21 @@ def test_values_are_parsed_and_checked_as_their_field_takes_them():
     by_path = {s.path: s for s in settings_of(Outer, {"": Outer()})}
     assert by_path["sizes"].parse("4, 5,") == (4, 5)
     assert by_path["sizes"].coerce([4, 5]) == (4, 5) and by_path["inner.rate"].coerce(1) == 1.0
+    assert by_path["sizes"].coerce(7) == (7,) and by_path["on"].coerce("true") is True
     for path, bad, message in [
         ("sizes", "4,x", "expected an integer, got 'x'"),
         ("sizes", [4.5], "expected an integer, got 4.5"),
-        ("name", "c", "'c' is not one of a, b"),
+        ("name", "c", "unknown name 'c'; choose from a, b"),
+        ("name", 3, "expected text, got 3"),
         ("on", "yes", "expected true or false"),
         ("inner.rate", True, "expected a number"),
+        ("sizes", {"a": 1}, "expected a number"),
     ]:
         with pytest.raises(ValueError, match=message):
             by_path[path].coerce(bad)
     assert apply(Outer(), {"inner.rate": 0.1, "name": "b"}) == Outer(name="b", inner=Inner(0.1))
+    with pytest.raises(ValueError, match="Inner has no setting 'speed'"):
+        apply(Outer(), {"inner.speed": 1})
 
 
 def test_every_study_setting_is_an_option_of_the_study_command():
@@ -109,6 +114,8 @@ def test_a_sweep_expands_its_lists_and_the_command_line_overrides_them(tmp_path)
                     'schedule = ["oneshot", "iterative"]\nout = "s"\n')  # fmt: skip
     values = read_sweep(path, every_setting())
     assert values["ks"] == (0.5, 0.9) and values["finetune.epochs"] == 2
+    path.write_text("no-download = true\nks = 0.5\n")
+    assert read_sweep(path, every_setting()) == {"download": False, "ks": (0.5,)}
     studies = sweep_studies(values, {"ks": (0.7,)})
     assert [s["out"] for s in studies] == [
         Path("s/mnist-mlp-oneshot"), Path("s/mnist-mlp-iterative"),
@@ -129,7 +136,9 @@ def test_a_sweep_expands_its_lists_and_the_command_line_overrides_them(tmp_path)
         ("ks = [0.5,", "is not valid TOML"),
         ("learning_rate = 3", "unknown key 'learning_rate'"),
         ('epochs = "many"', "epochs: expected an integer, got 'many'"),
-        ('model = ["mlp", "resnet"]', "model: 'resnet' is not one of mlp, lenet5"),
+        ('model = ["mlp", "resnet"]', "model: unknown model 'resnet'; choose from mlp"),
+        ("ks = {a = 1}", "ks: expected a number"),
+        ("ray-address = 6379", "ray-address: expected text, got 6379"),
     ],
 )
 def test_bad_sweep_files_name_the_key(tmp_path, text, message):

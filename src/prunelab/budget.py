@@ -59,17 +59,19 @@ class Search:
     criteria: tuple[str, ...] = field(
         default=("magnitude",),
         metadata={"help": lambda: f"comma-separated criteria: {', '.join(CRITERIA)}",
-                  "choices": lambda: CRITERIA},
+                  "choices": lambda: CRITERIA, "what": "criterion"},
     )  # fmt: skip
     schedules: tuple[str, ...] = field(
         default=("oneshot",),
         metadata={"help": lambda: f"comma-separated schedules: {', '.join(SCHEDULES)}",
-                  "choices": lambda: SCHEDULES},
+                  "choices": lambda: SCHEDULES, "what": "schedule"},
     )  # fmt: skip
     max_drop: float = field(
         default=DEFAULT_MAX_DROP, metadata={"help": "tolerated drop in accuracy points"}
     )
-    resolution: float = field(default=DEFAULT_RESOLUTION, metadata={"help": "resolution of k"})
+    resolution: float = field(
+        default=DEFAULT_RESOLUTION, metadata={"help": "resolution of k (0.005: half a point)"}
+    )
 
 
 BUDGET_OPTIONS = RunOptions(out=Path("runs/budget"))

@@ -212,8 +212,8 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = {}
     for name, (run, add_arguments) in COMMANDS.items():
-        line, _, text = inspect.getdoc(run).partition("\n\n")
-        description = " ".join(text.split()).format(max_drop=points(DEFAULT_MAX_DROP))
+        line, _, text = (inspect.getdoc(run) or "").partition("\n\n")  # none under -OO
+        description = " ".join(text.split()).replace("{max_drop}", points(DEFAULT_MAX_DROP))
         commands[name] = sub.add_parser(name, help=line, description=description)
         add_arguments(commands[name])
     return p, commands

@@ -18,7 +18,12 @@ class ModelConfig:
 
     name: str = field(
         default="mlp",
-        metadata={"help": lambda: listing(MODELS), "flag": "model", "choices": lambda: MODELS},
+        metadata={
+            "help": lambda: listing(MODELS),
+            "flag": "model",
+            "choices": lambda: MODELS,
+            "what": "model",
+        },
     )
     hidden: tuple[int, ...] | None = field(  # None: the model's default sizes
         default=None, metadata={"help": lambda: "hidden sizes (default: " + "; ".join(
@@ -60,6 +65,14 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def first_tensor(output):
+    """The logits of an output that is a tuple, list or dict (Hugging Face models return
+    them first), or the output itself."""
+    while not isinstance(output, torch.Tensor):
+        output = output[0] if isinstance(output, (tuple, list)) else next(iter(output.values()))
+    return output
 
 
 def mlp(

@@ -1,13 +1,14 @@
 """Settings by name, read from the config dataclasses themselves.
 
-A field is a setting when its metadata has ``help``. A nested config
-dataclass lends its settings when its field's metadata has ``prefix`` (prepended
-to their flags) and ``of`` (appended to their help); ``flag`` renames one setting
-and ``choices`` (a registry dict, or any collection) limits its values. Help
-and choices may be functions, read when the table is made: a registry is
-listed as it is then, entries registered after import included. The
-command line, sweep files and error messages read this one table, so a field
-added with its help is a flag, a sweep key and a name in errors at once.
+A field is a setting when its metadata has ``help``. A nested config dataclass
+lends its settings when its field's metadata has ``prefix`` (prepended to their
+flags) and ``of`` (appended to their help, or ``notes[name]`` in its place).
+``flag`` renames one setting, ``what`` names one of its values in errors, and
+``choices`` (a registry dict, or any collection) limits its values. Help and
+choices may be functions, read when the table is made: a registry is listed as
+it is then, entries registered after import included. The command line, sweep
+files and error messages read this one table, so a field added with its help is
+a flag, a sweep key and a name in errors at once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import types
 import typing
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -30,6 +32,7 @@ class Setting:
     kind: Any  # the field's type hint, None removed: int, tuple[float, ...], Path, ...
     help: str  # what it is and its default
     choices: Collection | None = None
+    what: str = ""  # what one value is, for errors (default: the flag)
 
     @property
     def is_flag(self) -> bool:
@@ -42,25 +45,25 @@ class Setting:
     def parse(self, text: str) -> Any:
         """The value of command-line ``text`` (a list is comma-separated)."""
         if self.is_list:
-            return tuple(
-                self._one(_item(self.kind), v.strip()) for v in text.split(",") if v.strip()
-            )
-        return self._one(self.kind, text)
+            return tuple(self._one(v.strip()) for v in text.split(",") if v.strip())
+        if self.is_flag and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        return self._one(text)
 
     def coerce(self, value: Any) -> Any:
-        """``value`` from a file or from Python (text, a number, a bool, a list) as the
-        field takes it; a ValueError says what was expected."""
+        """``value`` from a file or from Python (text, a number, a bool, a list, or one
+        value where a list is taken) as the field takes it; a ValueError says what was
+        expected."""
         if isinstance(value, str):
             return self.parse(value)
-        item = _item(self.kind)
-        if item is not None and isinstance(value, (list, tuple)):
-            return tuple(self._one(item, v) for v in value)
-        return self._one(self.kind, value)
+        if isinstance(value, (list, tuple)) and self.is_list:
+            return tuple(self._one(v) for v in value)
+        return (self._one(value),) if self.is_list else self._one(value)
 
-    def _one(self, kind: Any, value: Any) -> Any:
-        value = _convert(kind, value)
-        if self.choices is not None and value not in self.choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(map(str, self.choices))}")
+    def _one(self, value: Any) -> Any:
+        value = _convert(_item(self.kind) or self.kind, value)
+        if self.choices is not None:
+            check_choice(self.what or self.flag, value, self.choices)
         return value
 
 
@@ -69,12 +72,16 @@ def _convert(kind: Any, value: Any) -> Any:
         if isinstance(value, bool):
             return value
         raise ValueError(f"expected true or false, got {value!r}")
+    if kind in (str, Path) and not isinstance(value, str):
+        raise ValueError(f"expected text, got {value!r}")
     if kind in (int, float) and isinstance(value, bool):
         raise ValueError(f"expected a number, got {value!r}")
     if kind is float and isinstance(value, int):
         return float(value)
     if kind is int and isinstance(value, float):
         raise ValueError(f"expected an integer, got {value!r}")
+    if kind in (int, float) and not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a number, got {value!r}")
     try:
         return kind(value)
     except (TypeError, ValueError):
@@ -113,7 +120,7 @@ def listing(registry: Mapping[str, Any]) -> str:
     return "; ".join(f"{name}: {entry.describe}" for name, entry in registry.items())
 
 
-def get(config: Any, path: str) -> Any:
+def value_at(config: Any, path: str) -> Any:
     return functools.reduce(getattr, path.split("."), config)
 
 
@@ -125,24 +132,31 @@ def settings_of(
     ``defaults`` names the instances whose values are the defaults (a study's
     recipes): help gives the one default, or each instance's where they differ.
     """
-    return [
+    settings = [
         dataclasses.replace(s, help=s.help + _default_text(s.path, defaults))
-        for s in _walk(cls, "", "", "")
+        for s in _walk(cls, "", "", "", {})
         if s.path not in skip
     ]
+    flags = [s.flag for s in settings]
+    assert len(flags) == len(set(flags)), f"two settings of {cls.__name__} share a flag"
+    return settings
 
 
-def _walk(cls: type, flag_prefix: str, path_prefix: str, of: str) -> Iterator[Setting]:
+def _walk(
+    cls: type, flag_prefix: str, path_prefix: str, of: str, notes: Mapping[str, str]
+) -> Iterator[Setting]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta, hint, path = f.metadata, _without_none(hints[f.name]), path_prefix + f.name
         if dataclasses.is_dataclass(hint):
             if "prefix" in meta:
-                yield from _walk(hint, flag_prefix + meta["prefix"], path + ".", meta["of"])
+                prefixes = (flag_prefix + meta["prefix"], path + ".")
+                yield from _walk(hint, *prefixes, meta["of"], meta.get("notes", {}))
         elif "help" in meta:
             text, choices = _called(meta["help"]), _called(meta.get("choices"))
             flag = flag_prefix + meta.get("flag", f.name.replace("_", "-"))
-            yield Setting(path, flag, hint, " ".join(filter(None, (text, of))), choices)
+            text = " ".join(filter(None, (text, notes.get(f.name, of))))
+            yield Setting(path, flag, hint, text, choices, meta.get("what", ""))
 
 
 def _called(value: Any) -> Any:
@@ -151,7 +165,7 @@ def _called(value: Any) -> Any:
 
 
 def _default_text(path: str, defaults: Mapping[str, Any]) -> str:
-    values = {label: get(instance, path) for label, instance in defaults.items()}
+    values = {label: value_at(instance, path) for label, instance in defaults.items()}
     if any(value is None for value in values.values()):
         return ""  # the help says what no value means
     if len({shown(v) for v in values.values()}) == 1:
@@ -168,8 +182,14 @@ def apply(config: T, values: Mapping[str, Any]) -> T:
     rebuilt, so every config checks its own fields as it is made."""
     top: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {}
+    names = {f.name for f in dataclasses.fields(config)}
     for path, value in values.items():
         head, _, rest = path.partition(".")
+        if head not in names:
+            raise ValueError(
+                f"{type(config).__name__} has no setting {head!r}; its settings are "
+                + ", ".join(sorted(names))
+            )
         if rest:
             nested.setdefault(head, {})[rest] = value
         else:

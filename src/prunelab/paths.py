@@ -12,7 +12,9 @@ class _File:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def __get__(self, paths: RunPaths, owner: type | None = None) -> Path:
+    def __get__(self, paths: RunPaths | None, owner: type | None = None) -> Path:
+        if paths is None:
+            return self  # type: ignore[return-value]  # the class attribute itself
         return paths.root / self.name
 
 

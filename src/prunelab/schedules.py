@@ -39,6 +39,7 @@ class Schedule:
             "help": lambda: "how k is reached: " + describe_schedules(),
             "flag": "schedule",
             "choices": lambda: SCHEDULES,
+            "what": "schedule",
         },
     )
     rounds: int = field(

@@ -55,8 +55,11 @@ class StudyConfig:
     )
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"prefix": "", "of": ""})
     train: TrainConfig = field(
-        default_factory=TrainConfig, metadata={"prefix": "", "of": "of the dense model"}
-    )
+        default_factory=TrainConfig,
+        metadata={"prefix": "", "of": "of the dense model",
+                  "notes": {"batch_size": "of the dense model, and of fine-tuning unless "
+                            "given its own"}},
+    )  # fmt: skip
     finetune: TrainConfig = field(
         default_factory=_default_finetune,
         metadata={"prefix": "finetune-", "of": "of fine-tuning, per cell"},

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prunelab.options import Setting, get
+from prunelab.options import Setting, value_at
 from prunelab.study_config import RunOptions, StudyConfig
 
 if sys.version_info >= (3, 11):
@@ -46,7 +46,11 @@ def read_sweep(path: str | Path, settings: Sequence[Setting]) -> dict[str, Any]:
     by_key = {s.flag.replace("-", "_"): s for s in settings}
     values = {}
     for key, value in raw.items():
-        setting = by_key.get(key.replace("-", "_"))
+        name = key.replace("-", "_")
+        setting = by_key.get(name)
+        negated = by_key.get(name.removeprefix("no_")) if name.startswith("no_") else None
+        if setting is None and negated is not None and negated.is_flag:
+            setting, value = negated, not negated.coerce(value)  # no-download = true
         if setting is None:
             raise ValueError(
                 f"unknown key {key!r} in {path}; keys are the options of prunelab study: "
@@ -73,7 +77,7 @@ def sweep_studies(values: Mapping[str, Any], given: Mapping[str, Any]) -> list[d
     for combination in itertools.product(*lists.values()):
         study = {**values, **dict(zip(lists, combination, strict=True)), **given}
         if several:
-            names = (str(study.get(key, get(StudyConfig(), key))) for key in EXPANDED)
+            names = (str(study.get(key, value_at(StudyConfig(), key))) for key in EXPANDED)
             study["out"] = Path(study.get("out", RunOptions().out)) / "-".join(names)
         if study not in studies:  # the command line overrode a listed setting
             studies.append(study)

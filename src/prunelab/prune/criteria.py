@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunelab.models import evaluating
+from prunelab.prune import group_criteria as on_groups
 from prunelab.prune.curvature import empirical_fisher_diagonal, gauss_newton_diagonal
+from prunelab.prune.group_criteria import GroupContext, GroupScores, lamp_normalize
 
 Scores = dict[str, torch.Tensor]
 
@@ -85,20 +87,7 @@ def lamp(ctx: ScoreContext) -> Scores:
     Within a layer it ranks like magnitude; its scale makes layers comparable, so it
     is the magnitude criterion meant for global allocation. Units use squared row norms.
     """
-    squared = {name: s**2 for name, s in magnitude(ctx).items()}
-    scores = {}
-    for name, sq in squared.items():
-        flat = sq.flatten()
-        order = torch.argsort(flat, stable=True)
-        sorted_sq = flat[order]
-        # sum over this entry and every larger one: reversed cumulative sum, read at the
-        # first of equal values so that ties share one denominator
-        tail = sorted_sq.flip(0).cumsum(0).flip(0)
-        first_equal = torch.searchsorted(sorted_sq, sorted_sq, side="left")
-        score = torch.empty_like(flat)
-        score[order] = sorted_sq / tail[first_equal].clamp_min(torch.finfo(flat.dtype).tiny)
-        scores[name] = score.view_as(sq)
-    return scores
+    return {name: lamp_normalize(s**2) for name, s in magnitude(ctx).items()}
 
 
 def _second_order(ctx: ScoreContext, curvature) -> Scores:
@@ -179,6 +168,7 @@ class Criterion:
     describe: str
     needs_data: bool = False  # calibration batches
     solver_rounds: int | None = None
+    on_groups: Callable[[GroupContext], GroupScores] | None = None  # units of any model
 
     def __call__(self, ctx: ScoreContext) -> Scores:
         return self.score(ctx)
@@ -186,15 +176,18 @@ class Criterion:
 
 CRITERIA: dict[str, Criterion] = {
     "magnitude": Criterion(magnitude, "by magnitude: the smallest |w| (for units, the "
-                           "smallest L2 norm of their incoming weights)"),
-    "random": Criterion(random, "at random (a control)"),
-    "lamp": Criterion(lamp, "by layer-adaptive magnitude score (LAMP, Lee et al. 2021)"),
+                           "smallest L2 norm of their incoming weights)",
+                           on_groups=on_groups.group_magnitude),
+    "random": Criterion(random, "at random (a control)", on_groups=on_groups.group_random),
+    "lamp": Criterion(lamp, "by layer-adaptive magnitude score (LAMP, Lee et al. 2021)",
+                      on_groups=on_groups.group_lamp),
     "obd": Criterion(obd, "by Optimal Brain Damage saliency ½·h·w², h the diagonal of the "
-                     "loss's Gauss-Newton Hessian (LeCun et al. 1990)", needs_data=True),
+                     "loss's Gauss-Newton Hessian (LeCun et al. 1990)", needs_data=True,
+                     on_groups=on_groups.group_obd),
     "fisher": Criterion(fisher, "by ½·F·w², F the diagonal empirical Fisher information",
-                        needs_data=True),
+                        needs_data=True, on_groups=on_groups.group_fisher),
     "taylor": Criterion(taylor, "by first-order Taylor saliency |g·w| (Molchanov et al. "
-                        "2017)", needs_data=True),
+                        "2017)", needs_data=True, on_groups=on_groups.group_taylor),
     "obs": Criterion(None, "by Optimal Brain Surgeon, layer by layer: each removal also "
                      "updates the remaining weights to preserve the layer's outputs "
                      "(Hassibi and Stork 1993)", needs_data=True, solver_rounds=1),

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunelab.models import evaluating
+from prunelab.models import evaluating, first_tensor
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -155,6 +155,37 @@ def empirical_fisher_diagonal(
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Mean squared per-sample gradient of the cross-entropy at the true labels."""
     return _mean_squared_sample_grads(model, layers, batches, _loss_gradient)
+
+
+def parameter_diagonal(model: nn.Module, batches: Batches, kind: str) -> dict[str, torch.Tensor]:
+    """The diagonal of ``kind`` ("gauss-newton" or "fisher") for every parameter of any
+    model, normalization and attention included, by name.
+
+    The same means of squared per-sample gradients as above, from ``torch.func``
+    (one vectorised backward pass per sample and class) rather than from hooks on
+    Linear and Conv2d layers, which cannot see a parameter used anywhere else.
+    """
+    output_grads = {"gauss-newton": _softmax_hessian_factors, "fisher": _loss_gradient}[kind]
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def projected(params, x, v):
+        output = torch.func.functional_call(model, (params, buffers), (x.unsqueeze(0),))
+        return (first_tensor(output).squeeze(0) * v).sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(projected), in_dims=(None, 0, 0))
+    acc, n = {name: torch.zeros_like(p) for name, p in params.items()}, 0
+    with evaluating(model):
+        for x, y in batches:
+            with torch.no_grad():
+                logits = first_tensor(model(x))
+            for v in output_grads(logits, y):
+                for name, g in per_sample(params, x, v).items():
+                    acc[name] += (g**2).sum(0)
+            n += x.shape[0]
+    if n == 0:
+        raise ValueError("no calibration data: curvature needs at least one batch")
+    return {name: a / n for name, a in acc.items()}
 
 
 @torch.no_grad()

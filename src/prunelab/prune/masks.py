@@ -1,4 +1,4 @@
-"""Masks are data: parameter name -> bool tensor of the parameter's shape (True = kept).
+"""Masks are data: state-dict name -> bool tensor of the tensor's shape (True = kept).
 
 They are applied in place after each optimizer step, so a pruned weight is
 exactly zero whatever the optimizer's momentum; no hooks run in forward, and the
@@ -74,7 +74,7 @@ class Masks(Mapping[str, torch.Tensor]):
         as one flag per row; this runs after every step, so its cost is the cost of
         holding masks.
         """
-        params = dict(model.named_parameters())
+        params = _tensors(model)
         self._check(params)
         pairs = [
             (params[name], _broadcastable(mask).to(params[name])) for name, mask in self.items()
@@ -123,6 +123,12 @@ class Masks(Mapping[str, torch.Tensor]):
     @classmethod
     def load(cls, path: str | Path) -> Masks:
         return cls({name: t.bool() for name, t in load_file(str(path)).items()})
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What masks can name: parameters, and the buffers of a structured group (a
+    normalization's running statistics)."""
+    return dict(model.named_buffers()) | dict(model.named_parameters())
 
 
 def _broadcastable(mask: torch.Tensor) -> torch.Tensor:
