@@ -13,14 +13,12 @@ its effect on a removed unit's zeros is not known.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
-# Layers that map a zero channel or feature to zero, position by position.
-PASS_THROUGH = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU, nn.Hardtanh,
-    nn.Dropout, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,
-)  # fmt: skip
+from prunelab.models import chain_problem
 
 
 class CompactionError(ValueError):
@@ -37,24 +35,10 @@ def dead_units(layer: nn.Module) -> torch.Tensor:
 
 
 def _check(model: nn.Module) -> list[nn.Module]:
-    if not isinstance(model, nn.Sequential):
-        raise CompactionError(
-            f"compaction needs an nn.Sequential chain of layers; got {type(model).__name__}"
-        )
-    modules = list(model)
-    for module in modules:
-        if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.padding_mode != "zeros"):
-            raise CompactionError("compaction handles ungrouped, zero-padded Conv2d only")
-        if not isinstance(module, (nn.Linear, nn.Conv2d, nn.Flatten, *PASS_THROUGH)):
-            raise CompactionError(
-                f"cannot compact through {type(module).__name__}: its effect on removed "
-                "units is unknown"
-            )
-        if isinstance(module, nn.Flatten) and module.start_dim != 1:
-            raise CompactionError("compaction handles Flatten(start_dim=1) only")
-    if not any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in modules):
-        raise CompactionError("the model has no Linear or Conv2d layer to compact")
-    return modules
+    problem = chain_problem(model)
+    if problem is not None:
+        raise CompactionError(f"{problem}; give example_inputs to compact any traced model")
+    return list(model)
 
 
 @torch.no_grad()
@@ -76,14 +60,38 @@ def _shrunk(layer: nn.Module, keep_out: torch.Tensor, keep_in: torch.Tensor | No
     return new
 
 
-def compact(model: nn.Module) -> nn.Sequential:
-    """A new, smaller ``nn.Sequential`` that computes what ``model`` computes.
+def compact(model: nn.Module, example_inputs=None) -> nn.Module:
+    """A new, smaller module that computes what ``model`` computes; ``model`` is not
+    changed.
 
-    Units whose incoming weights and bias are all zero are removed from every
-    Linear/Conv2d layer but the last (whose outputs are the model's outputs), with
-    the inputs of the following layer that read them. ``model`` is not changed.
+    A plain chain: units whose incoming weights and bias are all zero are removed from
+    every Linear/Conv2d layer but the last (whose outputs are the model's outputs),
+    with the inputs of the following layer that read them. Any other model is traced
+    with ``example_inputs``, and a unit of a coupled group whose every parameter entry
+    is zero (what ``prune`` leaves) is removed from every tensor of the group, by
+    Torch-Pruning; the result is the same class, called the same way.
     """
-    return compact_with_indices(model)[0]
+    if example_inputs is None:
+        return compact_with_indices(model)[0]
+    return _compact_traced(model, example_inputs)
+
+
+@torch.no_grad()
+def _compact_traced(model: nn.Module, example_inputs) -> nn.Module:
+    from prunelab.prune.groups import Graph, dead, out_handler
+
+    small = copy.deepcopy(model)
+    graph = Graph(small, example_inputs)
+    removals = []
+    for group in graph.groups():
+        gone = dead(small, group).nonzero().flatten().tolist()
+        if len(gone) == group.size:  # keep one unit so that every shape stays valid
+            gone = gone[1:]
+        if gone:
+            removals.append((small.get_submodule(group.name), gone))
+    for root, gone in removals:  # all found first: pruning shortens the tensors
+        graph.dependencies.get_pruning_group(root, out_handler(root), idxs=gone).prune()
+    return small
 
 
 Kept = list[tuple[int, torch.Tensor, torch.Tensor | None]]  # (position, rows, columns)

@@ -20,6 +20,7 @@ the exact zero of the gap fillers).
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -38,7 +39,7 @@ from prunelab.compact import compact
 from prunelab.config import from_dict, to_dict
 from prunelab.data import load_dataset
 from prunelab.metrics import nonzero_parameters
-from prunelab.models import ModelConfig, build_model
+from prunelab.models import ModelConfig, build_model, is_chain
 from prunelab.options import check_choice
 from prunelab.prune import PruneMethod
 from prunelab.storage import atomic_write_bytes, state_dict_bytes
@@ -126,19 +127,21 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(tensors):
         digest.update(name.encode())
-        digest.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensors[name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
 def save_sparse(
     model: nn.Module,
-    config: ModelConfig,
+    config: ModelConfig | None,
     path: str | Path,
     dtype: torch.dtype = torch.float32,
     sparse: bool = True,
     codebook_bits: int | None = None,
 ) -> int:
-    """Write ``model`` (built from ``config``) keeping only non-zero weights; return bytes.
+    """Write ``model``'s state dict (every tensor, keyed as the model keys it) keeping
+    only the non-zero weights; return bytes. ``config``, for a built-in model, lets
+    ``load_sparse`` rebuild it; any other model is loaded ``into`` an instance.
 
     With ``sparse=False`` every tensor is stored whole (for compacted models).
     With ``codebook_bits`` the sparse weights' values share a per-layer codebook.
@@ -161,10 +164,11 @@ def save_sparse(
             tensors[f"{name}.counts"] = torch.from_numpy(counts)
             layout[name] = list(param.shape)
         else:
-            tensors[name] = param.detach().cpu().to(dtype).contiguous()
+            kept_type = dtype if param.is_floating_point() else param.dtype  # counters stay
+            tensors[name] = param.detach().cpu().to(kept_type).contiguous()
     metadata = {
         "format": FORMAT,
-        "model": json.dumps(to_dict(config)),
+        "model": json.dumps(to_dict(config) if config is not None else None),
         "sparse": json.dumps(layout),
         "sha256": _digest(tensors),
     }
@@ -173,8 +177,12 @@ def save_sparse(
     return len(blob)
 
 
-def load_sparse(path: str | Path) -> tuple[nn.Module, ModelConfig]:
-    """Rebuild the model saved by ``save_sparse`` (float32 parameters)."""
+def load_sparse(
+    path: str | Path, into: nn.Module | None = None
+) -> tuple[nn.Module, ModelConfig | None]:
+    """The model saved by ``save_sparse`` (float32 parameters) and its config: rebuilt
+    from the config, or loaded ``into`` the given instance (any model; config None
+    unless one was saved)."""
     path = Path(path)
     try:
         blob = path.read_bytes()
@@ -186,8 +194,11 @@ def load_sparse(path: str | Path) -> tuple[nn.Module, ModelConfig]:
         raise ExportError(f"{path}: not a prunelab sparse export")
     if _digest(tensors) != metadata["sha256"]:
         raise ExportError(f"{path}: contents do not match their checksum; the file was altered")
-    config = from_dict(ModelConfig, json.loads(metadata["model"]))
-    model = build_model(config)
+    saved = json.loads(metadata["model"])
+    config = from_dict(ModelConfig, saved) if saved is not None else None
+    if into is None and config is None:
+        raise ExportError(f"{path}: saved without a model config; pass into=<the model>")
+    model = into if into is not None else build_model(config)
     state = {}
     for name, shape in json.loads(metadata["sparse"]).items():
         if f"{name}.codes" in tensors:
@@ -205,8 +216,11 @@ def load_sparse(path: str | Path) -> tuple[nn.Module, ModelConfig]:
         )
     for name, tensor in tensors.items():
         if not name.endswith((".values", ".gaps", ".counts", ".codebook", ".codes")):
-            state[name] = tensor.float()
-    model.load_state_dict(state)
+            state[name] = tensor.float() if tensor.is_floating_point() else tensor
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ExportError(f"{path} does not fit {type(model).__name__}: {err}") from err
     return model, config
 
 
@@ -249,18 +263,20 @@ class CSRLinear(nn.Module):
         return torch.addmm(self.bias.unsqueeze(1), self.weight, x.T).T
 
 
-def to_csr(model: nn.Sequential, max_density: float = 0.5) -> nn.Sequential:
-    """The same network with each mostly-zero linear layer's weight in torch's CSR
+def to_csr(model: nn.Module, max_density: float = 0.5) -> nn.Module:
+    """A copy of the network with each mostly-zero linear layer's weight in torch's CSR
     format; denser layers (the dense logits layer, say) stay dense, where they are faster."""
-
-    def convert(module: nn.Module) -> nn.Module:
-        if isinstance(module, nn.Linear):
-            density = float((module.weight != 0).float().mean())
-            if density <= max_density:
+    sparse = copy.deepcopy(model)
+    for name, module in list(sparse.named_modules()):
+        if (
+            isinstance(module, nn.Linear)
+            and float((module.weight != 0).float().mean()) <= max_density
+        ):
+            if not name:
                 return CSRLinear(module)
-        return module
-
-    return nn.Sequential(*(convert(m) for m in model))
+            parent, _, child = name.rpartition(".")
+            setattr(sparse.get_submodule(parent), child, CSRLinear(module))
+    return sparse
 
 
 class OnnxModel(nn.Module):
@@ -355,6 +371,12 @@ def export_cell(
     data = load_dataset(
         config.dataset, data_dir=data_dir, val_size=config.val_size, train_limit=config.train_limit
     )
+    chain = is_chain(model)
+    if form == "compact" and not chain:
+        raise ValueError(
+            f"{model_config.name} is compacted to channel counts that its config cannot "
+            "describe; export it as sparse (loaded into the model) or as onnx"
+        )
     if form == "sparse":
         size = save_sparse(model, model_config, out, dtype, codebook_bits=codebook_bits)
         written, _ = load_sparse(out)
@@ -365,7 +387,7 @@ def export_cell(
         written, _ = load_sparse(out)
         runner = written
     else:
-        written = compact(model)
+        written = compact(model, None if chain else data.test.x[:2])
         size = save_onnx(written, out, data.test.x[:1])
         runner = OnnxModel(out)
     accuracy = evaluate(runner, data.test).accuracy

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from prunelab.architectures import mobilenetv2, resnet20
 from prunelab.options import check_choice, listing, shown
 
 
@@ -129,6 +130,10 @@ MODELS: dict[str, ModelKind] = {
     "mlp": ModelKind(mlp, (1000, 1000, 500, 200), "the seed's ReLU MLP"),
     "lenet5": ModelKind(lenet5, (6, 16, 120, 84), "a small CNN (LeNet-5: conv1, conv2, fc1, "
                         "fc2)", depth=4, dropout=False),
+    "resnet20": ModelKind(resnet20, (16, 32, 64), "ResNet-20 (BatchNorm, residual "
+                          "shortcuts; stage widths)", depth=3, dropout=False),
+    "mobilenetv2": ModelKind(mobilenetv2, (16, 24, 32, 64), "a small MobileNetV2 (inverted "
+                             "residuals, depthwise convolutions; stage widths)", dropout=False),
 }  # fmt: skip
 
 
@@ -138,6 +143,35 @@ def build_model(config: ModelConfig, num_classes: int = 10, seed: int | None = N
         if seed is not None:
             torch.manual_seed(seed)
         return MODELS[config.name].build(config.sizes, config.dropout, num_classes=num_classes)
+
+
+# Layers that map a zero channel or feature to zero, position by position.
+PASS_THROUGH = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU, nn.Hardtanh,
+    nn.Dropout, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,
+)  # fmt: skip
+
+
+def chain_problem(model: nn.Module) -> str | None:
+    """Why ``model`` is not a plain chain, or None: an ``nn.Sequential`` of Linear,
+    ungrouped zero-padded Conv2d, Flatten(1) and ``PASS_THROUGH`` layers, whose definition
+    order is its order of computation and whose units need no trace to be removed."""
+    if not isinstance(model, nn.Sequential):
+        return f"not an nn.Sequential chain of layers but {type(model).__name__}"
+    for module in model:
+        if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.padding_mode != "zeros"):
+            return "a grouped or not zero-padded Conv2d"
+        if not isinstance(module, (nn.Linear, nn.Conv2d, nn.Flatten, *PASS_THROUGH)):
+            return f"{type(module).__name__}, whose effect on removed units is not known"
+        if isinstance(module, nn.Flatten) and module.start_dim != 1:
+            return "a Flatten that does not start at dimension 1"
+    if not any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model):
+        return "no Linear or Conv2d layer"
+    return None
+
+
+def is_chain(model: nn.Module) -> bool:
+    return chain_problem(model) is None
 
 
 class NothingToPruneError(ValueError):

@@ -107,7 +107,7 @@ def cubic_sparsity(step: int, k: float, end: int) -> float:
 def _prune(model: nn.Module, job: Job, k: float, pruned: Masks | None = None) -> Masks:
     return prune(
         model, job.method, k, batches=job.batches, include_last=job.include_last,
-        seed=job.seed, pruned=pruned,
+        seed=job.seed, pruned=pruned, example_inputs=job.data.train.x[:2],
     )  # fmt: skip
 
 

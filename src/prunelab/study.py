@@ -40,7 +40,7 @@ from prunelab.metrics import (
     weight_sparsity,
 )
 from prunelab.migrate import migrate_ids
-from prunelab.models import build_model, prunable_layers
+from prunelab.models import build_model, is_chain, prunable_layers
 from prunelab.paths import RunPaths
 from prunelab.provenance import environment
 from prunelab.prune import PruneMethod, prune
@@ -201,7 +201,7 @@ def _run_cell(
     measure = partial(_measure, data=data, method=method, k=k, config=config)
     start = time.perf_counter()
     masks = prune(model, method, k, batches=batches, include_last=config.prune_last,
-                  seed=config.seed)  # fmt: skip
+                  seed=config.seed, example_inputs=data.train.x[:2])  # fmt: skip
     oneshot = measure(model, "oneshot", time.perf_counter() - start)
     start = time.perf_counter()
     if config.schedule.name == "oneshot":
@@ -242,7 +242,7 @@ def _deployment(
     time the latter (for weights, the faster of dense and CSR sparse)."""
     bytes_sparse = save_sparse(model, config.model, model_path)
     if method.structure == "unit":
-        forms = [compact(model)]
+        forms = [compact(model, None if is_chain(model) else example)]
         deployed_flops = flops(forms[0], example)
     else:
         forms = [model, to_csr(model)] if example.device.type == "cpu" else [model]

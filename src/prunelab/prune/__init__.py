@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+import warnings
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
-from prunelab.models import prunable_layers
+from prunelab.models import NothingToPruneError, is_chain, prunable_layers
 from prunelab.prune.allocate import ALLOCATORS
-from prunelab.prune.criteria import CRITERIA, ScoreContext
+from prunelab.prune.criteria import CRITERIA, NeedsCalibrationError, ScoreContext
+from prunelab.prune.group_criteria import GroupContext
+from prunelab.prune.groups import Graph, Group, dead, group_masks, matches
 from prunelab.prune.masks import Masks
 from prunelab.prune.method import PruneMethod, check_k
 from prunelab.prune.obs import reconstruct
@@ -18,24 +22,39 @@ from prunelab.prune.obs import reconstruct
 
 def prune(
     model: nn.Module,
-    method: PruneMethod,
+    method: PruneMethod | str,
     k: float,
     *,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
     include_last: bool = False,
     seed: int = 0,
     pruned: Masks | None = None,
+    example_inputs=None,
+    ignore: Sequence[str] = (),
+    include: Sequence[str] | None = None,
 ) -> Masks:
-    """Prune ``model`` in place by ``method`` at fraction ``k``; return the masks to hold.
+    """Prune ``model`` in place by ``method`` (or its name, ``"unit:obd"``) at fraction
+    ``k``; return the masks to hold.
 
     ``batches`` are calibration (input, label) pairs, needed by the criteria that
     look at data (obd, fisher, taylor, obs, obc). ``pruned``, the masks of an
     earlier step (iterative and gradual schedules), stay pruned and count towards k.
+    A model that is not a plain ``nn.Sequential`` chain (``models.chain_problem``) is
+    traced with ``example_inputs`` (default: the first calibration batch): its output
+    layers come from the trace, and a unit is a coupled group (``prunelab.prune.groups``).
+    ``ignore`` and ``include`` are fnmatch patterns of layer names.
     """
+    method = PruneMethod.parse(method) if isinstance(method, str) else method
     check_k(k)
     _refuse_torch_prune_hooks(model)
-    layers = prunable_layers(model, include_last=include_last)
     batches = list(batches) if batches is not None else None
+    graph = _traced(model, example_inputs, batches)
+    if graph is not None and method.structure == "unit":
+        groups = graph.groups(ignore, include, include_last)
+        masks = _prune_groups(model, groups, method, k, batches, seed, pruned)
+        masks.apply_(model)
+        return masks
+    layers = _layers(model, graph, include_last, ignore, include)
     if method.solver_rounds is not None:
         rounds = method.solver_rounds
         updates, masks = reconstruct(model, layers, method.structure, k, batches, rounds)
@@ -53,6 +72,70 @@ def prune(
         keep = ALLOCATORS[method.scope](scores, k)
         masks = Masks.from_keep(layers, keep, method.structure)
     masks.apply_(model)
+    return masks
+
+
+def _traced(model: nn.Module, example_inputs, batches) -> Graph | None:
+    """The model's trace, unless it is a plain chain (where definition order is the order
+    of computation and a unit is a row): from ``example_inputs``, else from a
+    calibration batch."""
+    if is_chain(model):
+        return None
+    if example_inputs is None and batches:
+        example_inputs = batches[0][0][:2]
+    if example_inputs is None:
+        return None
+    return Graph(model, example_inputs)
+
+
+def _layers(
+    model: nn.Module, graph: Graph | None, include_last: bool,
+    ignore: Sequence[str], include: Sequence[str] | None,
+) -> dict[str, nn.Module]:  # fmt: skip
+    """The layers weight pruning touches: every Linear/Conv but the output layers (from
+    the trace where there is one) and those ``ignore`` names, of those ``include`` names."""
+    if graph is None:
+        if not is_chain(model):
+            warnings.warn(
+                f"{type(model).__name__} is not a plain chain and no example inputs were "
+                "given: its output layer is taken to be the last one defined",
+                stacklevel=3,
+            )
+        layers = prunable_layers(model, include_last=include_last)
+    else:
+        outputs = () if include_last else graph.output_layers()
+        layers = {n: m for n, m in graph.layers().items() if n not in outputs}
+    chosen = {
+        name: layer for name, layer in layers.items()
+        if not matches(name, ignore) and (include is None or matches(name, include))
+    }  # fmt: skip
+    if not chosen:
+        raise NothingToPruneError(f"no layer of {type(model).__name__} is left to prune")
+    return chosen
+
+
+def _prune_groups(
+    model: nn.Module, groups: list[Group], method: PruneMethod, k: float,
+    batches: list | None, seed: int, pruned: Masks | None,
+) -> Masks:  # fmt: skip
+    """Units of coupled groups: scored over every slice, allocated, masked everywhere."""
+    criterion = CRITERIA[method.criterion]
+    if criterion.on_groups is None:
+        raise ValueError(
+            f"{method.criterion} re-fits a layer from its captured inputs, which a coupled "
+            f"group such as {groups[0].name!r} (its channels shared with "
+            f"{len(groups[0].slices)} tensors) does not have; use another criterion"
+        )
+    if criterion.needs_data and not batches:
+        raise NeedsCalibrationError(f"criterion {method.criterion!r} needs calibration batches")
+    scores = criterion.on_groups(GroupContext(model, groups, batches, seed))
+    if pruned is not None:  # units pruned before are gone first
+        scores = {g.name: scores[g.name].masked_fill(dead(model, g), -math.inf) for g in groups}
+    masks = group_masks(model, groups, ALLOCATORS[method.scope](scores, k))
+    if pruned is not None:
+        masks = Masks(
+            {**pruned, **{n: m & pruned[n] if n in pruned else m for n, m in masks.items()}}
+        )
     return masks
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from prunelab.models import evaluating, first_tensor
 from prunelab.prune.curvature import parameter_diagonal
-from prunelab.prune.groups import Group
+from prunelab.prune.groups import Group, per_index
 
 GroupScores = dict[str, torch.Tensor]  # group name -> one score per unit
 
@@ -32,16 +32,28 @@ class GroupContext:
 
 
 def unit_sums(groups: list[Group], values: dict[str, torch.Tensor]) -> GroupScores:
-    """Per group, the sum of ``values`` (state-dict name -> tensor) over each unit's entries."""
+    """Per group, the sum of ``values`` (state-dict name -> tensor) over each unit's
+    entries, each entry once: one a unit reaches along two dimensions (a convolution
+    whose inputs and outputs are the same residual channels) is not counted twice."""
     sums = {}
     for group in groups:
         total = torch.zeros(group.size, dtype=torch.float64)
+        by_tensor: dict[str, list] = {}
         for s in group.slices:
-            if s.tensor not in values:
-                continue
-            along = values[s.tensor].detach().movedim(s.dim, 0).flatten(1).sum(1).double().cpu()
-            inside = s.unit >= 0
-            total.index_add_(0, s.unit[inside], along[inside])
+            if s.tensor in values:
+                by_tensor.setdefault(s.tensor, []).append(s)
+        for tensor, slices in by_tensor.items():
+            value = values[tensor].detach().double().cpu()
+            for s in slices:
+                inside = s.unit >= 0
+                total.index_add_(0, s.unit[inside], per_index(value, s.dim).sum(1)[inside])
+            if len(slices) == 2:
+                first, second = slices
+                both = value.movedim((first.dim, second.dim), (0, 1)).flatten(2).sum(2)
+                same = (first.unit[:, None] == second.unit[None, :]) & (first.unit[:, None] >= 0)
+                rows, cols = same.nonzero(as_tuple=True)
+                total.index_add_(0, first.unit[rows], -both[rows, cols])
+            assert len(slices) <= 2, f"{tensor} is reached along more than two dimensions"
         sums[group.name] = total
     return sums
 

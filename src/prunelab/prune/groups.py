@@ -88,11 +88,16 @@ def dead(model: nn.Module, group: Group) -> torch.Tensor:
     for s in group.slices:
         if s.tensor not in params:
             continue  # a buffer: statistics, not what the unit computes
-        nonzero = (params[s.tensor] != 0).movedim(s.dim, 0).flatten(1).any(1).cpu()
+        nonzero = per_index(params[s.tensor] != 0, s.dim).any(1).cpu()
         inside = s.unit >= 0
         count = torch.zeros(group.size, dtype=torch.long)
         alive |= count.index_add_(0, s.unit[inside], nonzero[inside].long()) > 0
     return ~alive
+
+
+def per_index(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+    """``tensor`` as rows, one per index of ``dim``."""
+    return tensor.movedim(dim, 0).reshape(tensor.shape[dim], -1)
 
 
 class Graph:
@@ -107,9 +112,10 @@ class Graph:
     def __init__(self, model: nn.Module, example_inputs) -> None:
         self.model = model
         try:
-            self.dependencies = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_inputs, output_transform=first_tensor
-            )
+            with torch.enable_grad():  # the trace follows autograd
+                self.dependencies = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=example_inputs, output_transform=first_tensor
+                )
         except Exception as err:
             raise ValueError(
                 f"cannot trace {type(model).__name__} with the example inputs: "
@@ -126,7 +132,7 @@ class Graph:
         outputs = []
         for name, layer in self.layers().items():
             group = self.dependencies.get_pruning_group(
-                layer, _out_handler(layer), idxs=list(range(_out_channels(layer)))
+                layer, out_handler(layer), idxs=list(range(_out_channels(layer)))
             )
             consumers = [item for item in group._group if _is_in_channels(item.dep.handler)]
             if not consumers:
@@ -140,7 +146,7 @@ class Graph:
         """Every group rooted at a layer named by ``include`` (fnmatch patterns; None:
         every layer) and touching no layer named by ``ignore``. Output layers are left
         out unless ``include_last``: removing an output would remove a class."""
-        ignored = [m for n, m in self.layers().items() if _matches(n, ignore)]
+        ignored = [m for n, m in self.layers().items() if matches(n, ignore)]
         if not include_last:
             ignored += [self.model.get_submodule(n) for n in self.output_layers()]
         groups = []
@@ -149,7 +155,7 @@ class Graph:
         ):
             root = tp_group._group[0].dep.target.module
             name = self.names[root]
-            if include is not None and not _matches(name, include):
+            if include is not None and not matches(name, include):
                 continue
             groups.append(self._group(name, tp_group))
         if not groups:
@@ -182,7 +188,7 @@ class Graph:
         return f"{self.names[target]}.{tensor}" if self.names[target] else tensor
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
+def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
@@ -194,7 +200,7 @@ def _out_channels(layer: nn.Module) -> int:
     return layer.weight.shape[0]
 
 
-def _out_handler(layer: nn.Module):
+def out_handler(layer: nn.Module):
     if isinstance(layer, nn.Linear):
         return tp.prune_linear_out_channels
     return tp.prune_conv_out_channels
