@@ -17,7 +17,7 @@ import statistics
 import torch
 
 from prunelab.compact import compact
-from prunelab.export import to_csr
+from prunelab.csr import to_csr
 from prunelab.metrics import latency_ms
 from prunelab.models import ModelConfig, build_model
 from prunelab.prune import PruneMethod, prune

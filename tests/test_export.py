@@ -124,7 +124,7 @@ def test_onnx_export_of_a_compacted_cnn_runs_in_onnxruntime_with_any_batch(tmp_p
 
 @pytest.mark.parametrize("batch", [1, 5])
 def test_csr_form_computes_what_the_pruned_model_computes(batch):
-    from prunelab.export import CSRLinear, to_csr
+    from prunelab.csr import CSRLinear, to_csr
 
     model = build_model(ModelConfig(hidden=(64, 32)), seed=0)
     prune(model, PruneMethod("weight"), 0.9)

@@ -246,3 +246,33 @@ def test_group_scores_sum_each_entry_a_unit_reaches_once(data):
             logits = torch.func.functional_call(model, scaled, (x,))
         (derivative,) = torch.autograd.grad(nn.functional.cross_entropy(logits, y), scale)
         assert taylor[unit] == pytest.approx(abs(float(derivative)), rel=1e-4, abs=1e-9)
+
+
+class TinyEncoder(nn.Module):
+    """Tokens [B, T, D] through a transformer encoder layer: its attention calls the output
+    projection functionally, and LayerNorm shares statistics across the residual stream."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(8, 32)
+        self.encoder = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x)).mean(1))
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "taylor", "obd"])
+def test_transformer_mlp_units_are_pruned_and_compacted_on_token_inputs(criterion):
+    torch.manual_seed(0)
+    model = TinyEncoder().eval()
+    x, y = torch.randn(4, 5, 8), torch.randint(0, 3, (4,))
+    (group,) = Graph(model, x).groups()  # the residual stream is left: LayerNorm counts it
+    assert group.name == "encoder.linear1" and group.size == 64
+    masks = prunelab.prune(model, f"unit:{criterion}", 0.5, batches=[(x, y)], example_inputs=x)
+    assert int((~masks["encoder.linear1.bias"]).sum()) == 32
+    small = prunelab.compact(model, example_inputs=x)
+    assert small.encoder.linear1.out_features == 32 == small.encoder.linear2.in_features
+    with torch.no_grad():
+        masked, out = model(x), small(x)
+    assert (out - masked).abs().max() <= 1e-4 * masked.abs().max()

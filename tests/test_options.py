@@ -169,3 +169,17 @@ def _method_k(name, k):
     from prunelab.prune import PruneMethod
 
     return PruneMethod.parse(name), k
+
+
+def test_layer_patterns_are_settings_of_a_cell_not_of_the_base_model():
+    from dataclasses import replace
+
+    from prunelab.prune import PruneMethod
+
+    config, method = StudyConfig(), PruneMethod("unit")
+    ignoring = replace(config, ignore=("stem.*",))
+    assert ignoring.base_id() == config.base_id()
+    assert ignoring.cell_id(method, 0.5) != config.cell_id(method, 0.5)
+    given = subcommands()["study"].parse_args(["--ignore", "stem.*,head", "--include", "stages.*"])
+    from_cli, _ = from_values({k: v for k, v in vars(given).items() if k in ("ignore", "include")})
+    assert from_cli.ignore == ("stem.*", "head") and from_cli.include == ("stages.*",)

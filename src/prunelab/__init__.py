@@ -15,8 +15,9 @@ __version__ = "0.2.0"  # the one place the version is written (pyproject reads i
 
 from prunelab.budget import BudgetAnswer, BudgetResult, budget_study, find_budget
 from prunelab.compact import CompactionError, compact
+from prunelab.csr import to_csr
 from prunelab.data import DataError, Dataset, Split, load_dataset
-from prunelab.export import export_cell, load_sparse, save_onnx, save_sparse, to_csr
+from prunelab.export import export_cell, load_sparse, save_onnx, save_sparse
 from prunelab.models import ModelConfig, build_model, prunable_layers
 from prunelab.prune import Masks, PruneMethod, prune
 from prunelab.report import write_report

@@ -20,7 +20,6 @@ the exact zero of the gap fillers).
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import io
 import json
@@ -41,9 +40,10 @@ from prunelab.data import load_dataset
 from prunelab.metrics import nonzero_parameters
 from prunelab.models import ModelConfig, build_model, is_chain
 from prunelab.options import check_choice
+from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod
 from prunelab.storage import atomic_write_bytes, state_dict_bytes
-from prunelab.study_config import open_run
+from prunelab.study_config import StudyConfig, open_run
 from prunelab.train import evaluate
 
 FORMAT = "prunelab-sparse-1"
@@ -235,50 +235,6 @@ def compacted_config(config: ModelConfig, compacted: nn.Module) -> ModelConfig:
     return replace(config, hidden=tuple(m.weight.shape[0] for m in weighted[:-1]))
 
 
-class CSRLinear(nn.Module):
-    """A linear layer whose weight is a CSR sparse matrix: y = (W x^T)^T + b.
-
-    Indices are stored as int32: with int64 ones torch converts them on every
-    call, which doubles the cost of a small matrix-vector product.
-    """
-
-    def __init__(self, layer: nn.Linear):
-        super().__init__()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            csr = layer.weight.detach().to_sparse_csr()
-            self.weight = torch.sparse_csr_tensor(
-                csr.crow_indices().int(),
-                csr.col_indices().int(),
-                csr.values(),
-                csr.shape,
-                check_invariants=True,
-            )
-        bias = layer.bias.detach() if layer.bias is not None else None
-        self.bias = bias if bias is not None else torch.zeros(layer.out_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] == 1:  # one sparse matrix-vector product: the cheapest path
-            return torch.addmv(self.bias, self.weight, x[0]).unsqueeze(0)
-        return torch.addmm(self.bias.unsqueeze(1), self.weight, x.T).T
-
-
-def to_csr(model: nn.Module, max_density: float = 0.5) -> nn.Module:
-    """A copy of the network with each mostly-zero linear layer's weight in torch's CSR
-    format; denser layers (the dense logits layer, say) stay dense, where they are faster."""
-    sparse = copy.deepcopy(model)
-    for name, module in list(sparse.named_modules()):
-        if (
-            isinstance(module, nn.Linear)
-            and float((module.weight != 0).float().mean()) <= max_density
-        ):
-            if not name:
-                return CSRLinear(module)
-            parent, _, child = name.rpartition(".")
-            setattr(sparse.get_submodule(parent), child, CSRLinear(module))
-    return sparse
-
-
 class OnnxModel(nn.Module):
     """An ONNX file run by onnxruntime, callable like the module it came from."""
 
@@ -332,6 +288,23 @@ class Exported:
     test_accuracy: float
 
 
+def _finished_cell(paths: RunPaths, config: StudyConfig, method: str, k: float) -> Path:
+    """The stored model of a finished cell of the study, or a ValueError saying why not."""
+    wanted = PruneMethod.parse(method)
+    names = [PruneMethod.parse(m).name for m in config.methods]
+    if wanted.name not in names:
+        raise ValueError(f"method {wanted.name!r} is not in this run; it has {', '.join(names)}")
+    stored_k = [x for x in config.ks if abs(x - k) < 1e-9]
+    if not stored_k:
+        raise ValueError(
+            f"k={k:g} is not in this run; it has {', '.join(f'{x:g}' for x in config.ks)}"
+        )
+    model_path = paths.cell_model(config.cell_id(wanted, stored_k[0]))
+    if not model_path.exists():
+        raise ValueError(f"{wanted.name} at k={k:g} has not finished; rerun the study to finish it")
+    return model_path
+
+
 def export_cell(
     run_dir: str | Path,
     method: str,
@@ -355,19 +328,7 @@ def export_cell(
     if codebook_bits is not None and form != "sparse":
         raise ValueError("a codebook applies to the sparse format only")
     paths, config = open_run(run_dir)
-    wanted = PruneMethod.parse(method)
-    names = [PruneMethod.parse(m).name for m in config.methods]
-    if wanted.name not in names:
-        raise ValueError(f"method {wanted.name!r} is not in this run; it has {', '.join(names)}")
-    stored_k = [x for x in config.ks if abs(x - k) < 1e-9]
-    if not stored_k:
-        raise ValueError(
-            f"k={k:g} is not in this run; it has {', '.join(f'{x:g}' for x in config.ks)}"
-        )
-    model_path = paths.cell_model(config.cell_id(wanted, stored_k[0]))
-    if not model_path.exists():
-        raise ValueError(f"{wanted.name} at k={k:g} has not finished; rerun the study to finish it")
-    model, model_config = load_sparse(model_path)
+    model, model_config = load_sparse(_finished_cell(paths, config, method, k))
     data = load_dataset(
         config.dataset, data_dir=data_dir, val_size=config.val_size, train_limit=config.train_limit
     )

@@ -76,6 +76,8 @@ class Job:
     batches: list | None  # calibration data for the criteria that need it
     include_last: bool
     seed: int
+    ignore: tuple[str, ...] = ()  # fnmatch patterns of layers left alone
+    include: tuple[str, ...] = ()  # patterns of the only layers pruned (none: every layer)
 
 
 @dataclass(frozen=True)
@@ -104,10 +106,12 @@ def cubic_sparsity(step: int, k: float, end: int) -> float:
     return k * (1 - (1 - min(step, end) / end) ** 3)
 
 
-def _prune(model: nn.Module, job: Job, k: float, pruned: Masks | None = None) -> Masks:
+def prune_job(model: nn.Module, job: Job, k: float, pruned: Masks | None = None) -> Masks:
+    """Prune ``model`` in place for ``job`` at fraction ``k`` (after ``pruned``)."""
     return prune(
         model, job.method, k, batches=job.batches, include_last=job.include_last,
-        seed=job.seed, pruned=pruned, example_inputs=job.data.train.x[:2],
+        seed=job.seed, pruned=pruned, example_inputs=job.data.train.x[:2], ignore=job.ignore,
+        include=job.include or None,
     )  # fmt: skip
 
 
@@ -141,14 +145,14 @@ def _renumber(histories: list[list[EpochRecord]]) -> list[EpochRecord]:
 
 
 def oneshot(model: nn.Module, job: Job, schedule: Schedule, dense: DenseRun | None) -> Outcome:
-    masks = _prune(model, job, job.k)
+    masks = prune_job(model, job, job.k)
     return Outcome(finetune(model, masks, job, job.finetune, job.seed), masks)
 
 
 def iterative(model: nn.Module, job: Job, schedule: Schedule, dense: DenseRun | None) -> Outcome:
     masks, histories = None, []
     for r, target in enumerate(round_targets(job.k, schedule.rounds)):
-        masks = _prune(model, job, target, masks)
+        masks = prune_job(model, job, target, masks)
         histories.append(finetune(model, masks, job, job.finetune, job.seed + r))
     return Outcome(_renumber(histories), masks)
 
@@ -165,7 +169,7 @@ class GradualPruner:
         self.step += 1
         if self.step <= self.end and (self.step % self.every == 0 or self.step == self.end):
             target = cubic_sparsity(self.step, self.job.k, self.end)
-            self.masks = _prune(model, self.job, target, self.masks)
+            self.masks = prune_job(model, self.job, target, self.masks)
             self.hold = self.masks.holder(model)
         elif self.hold is not None:
             self.hold(model)
@@ -178,7 +182,7 @@ def gradual(model: nn.Module, job: Job, schedule: Schedule, dense: DenseRun | No
     history = train(model, job.data.train, job.data.val, config, seed=job.seed,
                     after_step=pruner, desc=f"gradual {job.method.name}")  # fmt: skip
     if pruner.masks is None or pruner.step < pruner.end:  # too few steps to finish the ramp
-        pruner.masks = _prune(model, job, job.k, pruner.masks)
+        pruner.masks = prune_job(model, job, job.k, pruner.masks)
     return Outcome(history, pruner.masks)
 
 
@@ -186,7 +190,7 @@ def lottery(model: nn.Module, job: Job, schedule: Schedule, dense: DenseRun) -> 
     """``model`` holds the trained dense weights; ``dense.rewind_state`` the early ones."""
     masks, histories = None, []
     for r, target in enumerate(round_targets(job.k, schedule.rounds)):
-        masks = _prune(model, job, target, masks)
+        masks = prune_job(model, job, target, masks)
         model.load_state_dict(dense.rewind_state)
         masks.apply_(model)
         histories.append(finetune(model, masks, job, dense.train, job.seed + r))

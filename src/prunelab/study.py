@@ -27,9 +27,10 @@ from prunelab.bases import (
 )
 from prunelab.compact import compact
 from prunelab.config import to_json
+from prunelab.csr import to_csr
 from prunelab.data import Dataset, calibration_batches
 from prunelab.executors import Execution, run_cells
-from prunelab.export import dense_bytes, save_sparse, to_csr
+from prunelab.export import dense_bytes, save_sparse
 from prunelab.metrics import (
     flops,
     latency_ms,
@@ -43,7 +44,7 @@ from prunelab.migrate import migrate_ids
 from prunelab.models import build_model, is_chain, prunable_layers
 from prunelab.paths import RunPaths
 from prunelab.provenance import environment
-from prunelab.prune import PruneMethod, prune
+from prunelab.prune import PruneMethod
 from prunelab.results import (
     EPOCH_COLUMNS,
     LAYER_COLUMNS,
@@ -54,7 +55,7 @@ from prunelab.results import (
     write_csv,
 )
 from prunelab.rundir import RunLock, check_compatible
-from prunelab.schedules import DenseRun, Job, Outcome, finetune, run_schedule
+from prunelab.schedules import DenseRun, Job, Outcome, finetune, prune_job, run_schedule
 from prunelab.storage import atomic_write_text
 from prunelab.study_config import RunOptions, StudyConfig, study_cells
 from prunelab.train import evaluate
@@ -197,11 +198,11 @@ def _run_cell(
     batches = None
     if method.needs_data:
         batches = calibration_batches(data.train, config.calibration_size, config.seed)
-    job = Job(method, k, data, config.finetune, batches, config.prune_last, config.seed)
+    job = Job(method, k, data, config.finetune, batches, config.prune_last, config.seed,
+              config.ignore, config.include)  # fmt: skip
     measure = partial(_measure, data=data, method=method, k=k, config=config)
     start = time.perf_counter()
-    masks = prune(model, method, k, batches=batches, include_last=config.prune_last,
-                  seed=config.seed, example_inputs=data.train.x[:2])  # fmt: skip
+    masks = prune_job(model, job, k)
     oneshot = measure(model, "oneshot", time.perf_counter() - start)
     start = time.perf_counter()
     if config.schedule.name == "oneshot":

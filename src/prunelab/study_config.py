@@ -36,7 +36,7 @@ def _default_finetune() -> TrainConfig:
 BASE_SETTINGS = ("dataset", "val_size", "train_limit", "model", "train", "seed")
 
 
-CELL_SETTINGS = ("finetune", "prune_last", "schedule")
+CELL_SETTINGS = ("finetune", "prune_last", "schedule", "ignore", "include")
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,16 @@ class StudyConfig:
         default=DEFAULT_KS, metadata={"help": "comma-separated fractions to prune, each in [0, 1)"}
     )
     prune_last: bool = field(default=False, metadata={"help": "prune the logits layer too"})
+    ignore: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "comma-separated fnmatch patterns of layers never pruned, e.g. "
+                  "'stem.*,stages.0.*'"},
+    )  # fmt: skip
+    include: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "comma-separated patterns of the only layers pruned (default: every "
+                  "layer but those that produce the outputs)"},
+    )  # fmt: skip
     calibration_size: int = field(
         default=1024,
         metadata={"help": "training images that obd, fisher, taylor, obs and obc look at",

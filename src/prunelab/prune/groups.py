@@ -32,6 +32,9 @@ from prunelab.models import first_tensor
 from prunelab.prune.masks import Masks
 
 PRUNABLE = (nn.Linear, nn.Conv2d, nn.Conv1d)
+# Normalizations whose statistics are taken across channels: masking a channel to zero is
+# not removing it (the mean and variance still count it), so their groups are left alone.
+SHARED_STATISTICS = (nn.LayerNorm, nn.GroupNorm)
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,12 @@ class Graph:
         self.names.update({p: n for n, p in model.named_parameters()})
 
     def layers(self) -> dict[str, nn.Module]:
-        return {n: m for n, m in self.model.named_modules() if isinstance(m, PRUNABLE)}
+        """The Linear and Conv layers the trace saw called as modules (attention calls its
+        output projection functionally: it has no place in the graph)."""
+        traced = self.dependencies.module2node
+        return {
+            n: m for n, m in self.model.named_modules() if isinstance(m, PRUNABLE) and m in traced
+        }
 
     def output_layers(self) -> list[str]:
         """Layers none of whose output channels reach another layer's input."""
@@ -157,6 +165,8 @@ class Graph:
             name = self.names[root]
             if include is not None and not matches(name, include):
                 continue
+            if any(isinstance(i.dep.target.module, SHARED_STATISTICS) for i in tp_group._group):
+                continue  # a zeroed channel would still count in the normalization
             groups.append(self._group(name, tp_group))
         if not groups:
             raise ValueError(
