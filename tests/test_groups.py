@@ -122,8 +122,8 @@ def test_the_output_layer_is_found_from_the_trace_not_definition_order(data):
     x, _ = data
     masks = prunelab.prune(model, "weight", 0.5, example_inputs=x[:2, :, :8, :8])
     assert "head.weight" not in masks and "mix.0.weight" in masks
-    with pytest.warns(UserWarning, match="last one defined"):
-        prunelab.prune(HeadFirst(), "weight", 0.5)
+    with pytest.raises(ValueError, match="give example_inputs"):
+        prunelab.prune(HeadFirst(), "unit", 0.5)  # no guessing the head from definition order
 
 
 def test_ignore_and_include_take_name_patterns(data):
@@ -276,3 +276,72 @@ def test_transformer_mlp_units_are_pruned_and_compacted_on_token_inputs(criterio
     with torch.no_grad():
         masked, out = model(x), small(x)
     assert (out - masked).abs().max() <= 1e-4 * masked.abs().max()
+
+
+def test_magnitude_units_match_torch_prunings_own_pruner(data):
+    """An independent reference: Torch-Pruning's MagnitudePruner, with the squared L2
+    norm summed over a group's members, physically removes the channels our masks zero;
+    the two smaller networks agree. (Its members are weights and BatchNorm scales, ours
+    every parameter entry, so the shifts are zero here for the sums to be equal; it scores
+    depthwise convolutions otherwise, so the reference is ResNet-20.)"""
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    model = randomise_norms(build_model(ModelConfig("resnet20")))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.zeros_(module.bias)
+    x = data[0][:8]
+    theirs = copy.deepcopy(model)
+    importance = tp.importance.MagnitudeImportance(p=2, group_reduction="sum", normalizer=None)
+    tp.pruner.MagnitudePruner(theirs, x[:2], importance=importance, pruning_ratio=0.5,
+                              ignored_layers=[theirs.head]).step()  # fmt: skip
+    prunelab.prune(model, "unit", 0.5, example_inputs=x[:2])
+    ours = prunelab.compact(model, example_inputs=x[:2])
+    assert parameter_count(ours) == parameter_count(theirs)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x))
+
+
+class TwoOutputs(nn.Module):
+    """Logits and an auxiliary head, returned together; a grouped convolution inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.c2 = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc, self.aux = nn.Linear(16, 10), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.cat([self.grouped(torch.relu(self.c1(x))), torch.relu(self.c2(x))], 1)
+        h = h.mean((2, 3))
+        return {"logits": self.fc(h), "aux": self.aux(h)}
+
+
+def test_every_output_is_traced_and_grouped_convolutions_are_left_alone(data):
+    model = TwoOutputs().eval()
+    x, y = data[0][:8], data[1][:8]
+    names = {g.name for g in Graph(model, x[:2]).groups()}
+    assert names == {"c2"}  # fc and aux produce outputs; c1 and grouped meet a grouped conv
+    prunelab.prune(model, "unit:taylor", 0.5, batches=[(x, y)], example_inputs=x[:2])
+    small = prunelab.compact(model, example_inputs=x[:2])
+    with torch.no_grad():
+        masked, out = model(x), small(x)
+    for key in masked:
+        assert (out[key] - masked[key]).abs().max() <= 1e-4 * masked[key].abs().max()
+    assert small.aux.in_features == 12
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m, x: prunelab.prune(m, "unit:taylor", 0.5, batches=[x]), "labels\\) pairs"),
+        (lambda m, x: prunelab.prune(m, "unit", "0.5", example_inputs=x), "k must be a number"),
+        (lambda m, x: prunelab.prune(m, "unit", 0.5, example_inputs=x, ignore=["stem*"]),
+         "'stem\\*' matches no Linear or Conv layer"),
+    ],
+)  # fmt: skip
+def test_bad_calls_are_one_clear_error(call, message, data):
+    with pytest.raises(ValueError, match=message):
+        call(HeadFirst(), data[0][:2, :, :8, :8])

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
-from prunelab.models import NothingToPruneError, is_chain, prunable_layers
+from prunelab.models import NothingToPruneError, chain_problem, is_chain, prunable_layers
 from prunelab.prune.allocate import ALLOCATORS
 from prunelab.prune.criteria import CRITERIA, NeedsCalibrationError, ScoreContext
 from prunelab.prune.group_criteria import GroupContext
@@ -47,8 +46,9 @@ def prune(
     method = PruneMethod.parse(method) if isinstance(method, str) else method
     check_k(k)
     _refuse_torch_prune_hooks(model)
-    batches = list(batches) if batches is not None else None
+    batches = _pairs(batches)
     graph = _traced(model, example_inputs, batches)
+    _check_patterns(model, ignore, include)
     if graph is not None and method.structure == "unit":
         groups = graph.groups(ignore, include, include_last)
         masks = _prune_groups(model, groups, method, k, batches, seed, pruned)
@@ -84,8 +84,32 @@ def _traced(model: nn.Module, example_inputs, batches) -> Graph | None:
     if example_inputs is None and batches:
         example_inputs = batches[0][0][:2]
     if example_inputs is None:
-        return None
+        raise ValueError(
+            f"{type(model).__name__} is not a plain chain ({chain_problem(model)}): give "
+            "example_inputs, what it is called with, so that its output layers and coupled "
+            "groups can be traced"
+        )
     return Graph(model, example_inputs)
+
+
+def _pairs(batches: Iterable | None) -> list | None:
+    """Calibration batches as a list, each checked to be an (inputs, labels) pair."""
+    if batches is None:
+        return None
+    batches = list(batches)
+    for batch in batches:
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise ValueError("calibration batches are (inputs, labels) pairs; got "
+                             f"{type(batch).__name__}")  # fmt: skip
+    return batches
+
+
+def _check_patterns(model: nn.Module, ignore: Sequence[str], include: Sequence[str] | None):
+    """Every pattern names some layer: a misspelt one would otherwise change nothing."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    for pattern in (*ignore, *(include or ())):
+        if not any(matches(name, (pattern,)) for name in names):
+            raise ValueError(f"the layer pattern {pattern!r} matches no Linear or Conv layer")
 
 
 def _layers(
@@ -95,12 +119,6 @@ def _layers(
     """The layers weight pruning touches: every Linear/Conv but the output layers (from
     the trace where there is one) and those ``ignore`` names, of those ``include`` names."""
     if graph is None:
-        if not is_chain(model):
-            warnings.warn(
-                f"{type(model).__name__} is not a plain chain and no example inputs were "
-                "given: its output layer is taken to be the last one defined",
-                stacklevel=3,
-            )
         layers = prunable_layers(model, include_last=include_last)
     else:
         outputs = () if include_last else graph.output_layers()

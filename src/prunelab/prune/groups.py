@@ -28,7 +28,6 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from prunelab.models import first_tensor
 from prunelab.prune.masks import Masks
 
 PRUNABLE = (nn.Linear, nn.Conv2d, nn.Conv1d)
@@ -117,7 +116,7 @@ class Graph:
         try:
             with torch.enable_grad():  # the trace follows autograd
                 self.dependencies = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=example_inputs, output_transform=first_tensor
+                    model, example_inputs=example_inputs, output_transform=_tensors_of
                 )
         except Exception as err:
             raise ValueError(
@@ -165,14 +164,16 @@ class Graph:
             name = self.names[root]
             if include is not None and not matches(name, include):
                 continue
-            if any(isinstance(i.dep.target.module, SHARED_STATISTICS) for i in tp_group._group):
-                continue  # a zeroed channel would still count in the normalization
+            if any(_unmaskable(i.dep.target.module) for i in tp_group._group):
+                continue
             groups.append(self._group(name, tp_group))
         if not groups:
             raise ValueError(
                 f"{type(self.model).__name__} has no group of units to prune"
                 + (f" matching {list(include)}" if include is not None else "")
                 + (f" outside {list(ignore)}" if ignore else "")
+                + " (groups through LayerNorm, GroupNorm or a grouped convolution are left "
+                "alone: masking cannot remove their channels)"
             )
         return groups
 
@@ -198,8 +199,26 @@ class Graph:
         return f"{self.names[target]}.{tensor}" if self.names[target] else tensor
 
 
+def _tensors_of(output) -> list[torch.Tensor]:
+    """Every tensor of an output that is a tensor, a tuple, list or dict of them (nested):
+    a layer feeding any of them is an output layer."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    values = output.values() if isinstance(output, dict) else output
+    return [t for value in values for t in _tensors_of(value)]
+
+
 def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _unmaskable(module) -> bool:
+    """A member whose channels zeroed are not channels removed: a normalization whose
+    statistics are taken across channels still counts them, and a grouped convolution
+    (not depthwise) needs every group to lose the same number of channels."""
+    if isinstance(module, SHARED_STATISTICS):
+        return True
+    return isinstance(module, nn.Conv2d) and 1 < module.groups < module.in_channels
 
 
 def _has_tensors(target) -> bool:

@@ -63,6 +63,8 @@ def file_safe(method_name: str) -> str:
 
 def check_k(k: float) -> float:
     """A pruning fraction must lie in [0, 1): k = 1 would remove everything."""
+    if isinstance(k, bool) or not isinstance(k, (int, float)):
+        raise ValueError(f"k must be a number in [0, 1), got {k!r}")
     if not 0.0 <= k < 1.0:
         raise ValueError(f"k must be in [0, 1), got {k}")
     return float(k)
