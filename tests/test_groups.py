@@ -2,6 +2,7 @@
 removal, criteria on groups, compaction of any traced model, export of any model."""
 
 import copy
+import csv
 import json
 
 import pytest
@@ -345,3 +346,16 @@ def test_every_output_is_traced_and_grouped_convolutions_are_left_alone(data):
 def test_bad_calls_are_one_clear_error(call, message, data):
     with pytest.raises(ValueError, match=message):
         call(HeadFirst(), data[0][:2, :, :8, :8])
+
+
+@pytest.mark.parametrize("schedule", ["iterative", "gradual", "lottery"])
+def test_every_schedule_reaches_k_in_whole_groups_on_resnet20(schedule, tiny_data_dir, tmp_path):
+    out = tmp_path / schedule
+    result = run("study", "--model", "resnet20", "--hidden", "4,8,8", "--data-dir",
+                 str(tiny_data_dir), "--val-size", "100", "--epochs", "1", "--ks", "0.5",
+                 "--methods", "unit:taylor", "--schedule", schedule, "--rounds", "2",
+                 "--calibration", "32", "--device", "cpu", "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with open(out / "results.csv") as f:
+        (final,) = [r for r in csv.DictReader(f) if r["phase"] == "finetuned"]
+    assert float(final["units_removed"]) == pytest.approx(0.5, abs=0.01)
