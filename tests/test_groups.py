@@ -14,6 +14,7 @@ from prunelab.compact import parameter_count
 from prunelab.export import load_sparse, save_sparse
 from prunelab.metrics import flops
 from prunelab.models import ModelConfig, build_model
+from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.curvature import gauss_newton_diagonal, parameter_diagonal
 from prunelab.prune.groups import Graph
 from tests.conftest import run
@@ -359,3 +360,22 @@ def test_every_schedule_reaches_k_in_whole_groups_on_resnet20(schedule, tiny_dat
     with open(out / "results.csv") as f:
         (final,) = [r for r in csv.DictReader(f) if r["phase"] == "finetuned"]
     assert float(final["units_removed"]) == pytest.approx(0.5, abs=0.01)
+
+
+def test_layer_hooks_read_token_inputs_and_every_criterion_prunes_a_transformer():
+    """Inputs [B, T, D]: the hooks' Gauss-Newton diagonal (one row per token) equals
+    torch.func's, and every weight criterion runs on an encoder whose attention calls
+    its output projection functionally (that projection is not a traced layer)."""
+    torch.manual_seed(0)
+    model = TinyEncoder().eval()
+    x, y = torch.randn(16, 5, 8), torch.randint(0, 3, (16,))
+    layers = {n: model.get_submodule(n) for n in ("embed", "encoder.linear1", "encoder.linear2")}
+    hooks = gauss_newton_diagonal(model, layers, [(x, y)])
+    every = parameter_diagonal(model, [(x, y)], "gauss-newton")
+    for layer, parts in hooks.items():
+        for key, h in parts.items():
+            torch.testing.assert_close(every[f"{layer}.{key}"], h, rtol=1e-4, atol=1e-9)
+    for criterion in CRITERIA:
+        masks = prunelab.prune(copy.deepcopy(model), f"weight:{criterion}", 0.5,
+                               batches=[(x, y)], example_inputs=x[:2])  # fmt: skip
+        assert set(masks) == {f"{n}.weight" for n in layers}, criterion

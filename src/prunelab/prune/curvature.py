@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -54,13 +55,14 @@ class _Recorder:
 def _patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as rows that its weight (flattened to 2-D) multiplies.
 
-    Linear: [N, in] -> [N, 1, in]. Conv2d: [N, C, H, W] -> [N, L, C*kh*kw], one row per
-    output position, in the order of ``weight.flatten(1)``.
+    Linear: [N, ..., in] -> [N, L, in], one row per token or position (L = 1 for [N, in]).
+    Conv2d: [N, C, H, W] -> [N, L, C*kh*kw], one row per output position, in the order of
+    ``weight.flatten(1)``.
     """
     if isinstance(layer, nn.Conv2d):
         cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
         return cols.transpose(1, 2)
-    return x.reshape(x.shape[0], 1, -1)
+    return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
 def _accumulate_squared_sample_grads(
@@ -72,7 +74,10 @@ def _accumulate_squared_sample_grads(
     ``delta`` is the gradient with respect to the layer's output for each sample.
     """
     patches = _patches(layer, x)  # [N, L, fan_in]
-    d = delta.reshape(delta.shape[0], delta.shape[1], -1).transpose(1, 2)  # [N, L, out]
+    if isinstance(layer, nn.Conv2d):
+        d = delta.reshape(delta.shape[0], delta.shape[1], -1).transpose(1, 2)  # [N, L, out]
+    else:  # a linear layer's outputs, per sample and token: [N, L, out]
+        d = delta.reshape(delta.shape[0], -1, delta.shape[-1])
     if patches.shape[1] == 1:  # linear: per-sample grad is an outer product
         weight_acc += (d[:, 0] ** 2).T @ (patches[:, 0] ** 2)
     else:
@@ -175,7 +180,9 @@ def parameter_diagonal(model: nn.Module, batches: Batches, kind: str) -> dict[st
 
     per_sample = torch.func.vmap(torch.func.grad(projected), in_dims=(None, 0, 0))
     acc, n = {name: torch.zeros_like(p) for name, p in params.items()}, 0
-    with evaluating(model):
+    with evaluating(model), warnings.catch_warnings():
+        # attention has no vmap rule yet: torch says so, slower but exact
+        warnings.filterwarnings("ignore", message="There is a performance drop")
         for x, y in batches:
             with torch.no_grad():
                 logits = first_tensor(model(x))
