@@ -379,3 +379,59 @@ def test_layer_hooks_read_token_inputs_and_every_criterion_prunes_a_transformer(
         masks = prunelab.prune(copy.deepcopy(model), f"weight:{criterion}", 0.5,
                                batches=[(x, y)], example_inputs=x[:2])  # fmt: skip
         assert set(masks) == {f"{n}.weight" for n in layers}, criterion
+
+
+class Shift(nn.Module):
+    """A per-channel parameter of shape [1, C, 1, 1] beside a convolution, and a layer
+    whose output is both returned and read by the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 6, 3, padding=1)
+        self.shift = nn.Parameter(torch.randn(1, 6, 1, 1))
+        self.b = nn.Conv2d(6, 4, 3)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        features = self.b(torch.relu(self.a(x) + self.shift)).mean((2, 3))
+        return self.head(features), features
+
+
+def test_parameters_and_shared_outputs_are_grouped_as_they_are_used(data):
+    model = Shift().train()
+    x = data[0][:4, :, :6, :6]
+    graph = Graph(model, x[:2])
+    assert model.training  # tracing leaves the mode as it was
+    assert set(graph.output_layers()) == {"head", "b"}  # b's output is returned too
+    (group,) = graph.groups()
+    units = {(s.tensor, s.dim): s.unit.tolist() for s in group.slices}
+    assert units[("shift", 1)] == list(range(6))  # the channel dimension of [1, 6, 1, 1]
+    model.eval()
+    prunelab.prune(model, "unit:random", 0.5, example_inputs=x[:2], seed=2)
+    small = prunelab.compact(model, example_inputs=x[:2])
+    assert small.shift.shape == (1, 3, 1, 1)
+    with torch.no_grad():
+        for masked, out in zip(model(x), small(x), strict=True):
+            assert (out - masked).abs().max() <= 1e-4 * masked.abs().max()
+
+
+class MixesChannels(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.head = nn.Conv2d(1, 6, 3, padding=1), nn.Linear(6, 3)
+
+    def forward(self, x):
+        y = self.a(x)
+        y = y - y.mean(1, keepdim=True)  # a removed channel still counts in the mean
+        return self.head(y.mean((2, 3)))
+
+
+def test_compaction_that_would_change_the_outputs_is_refused(data):
+    x = data[0][:4, :, :6, :6]
+    model = MixesChannels().eval()
+    prunelab.prune(model, "unit", 0.5, example_inputs=x[:2])
+    with pytest.raises(prunelab.CompactionError, match="differs from the masked one"):
+        prunelab.compact(model, example_inputs=x[:2])
+    chain = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    prunelab.prune(chain, "unit", 0.5)
+    assert prunelab.compact(chain, example_inputs=torch.randn(2, 8))[0].out_features == 8

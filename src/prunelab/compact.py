@@ -18,7 +18,7 @@ import copy
 import torch
 from torch import nn
 
-from prunelab.models import chain_problem
+from prunelab.models import chain_problem, evaluating, is_chain, output_tensors
 
 
 class CompactionError(ValueError):
@@ -71,14 +71,14 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
     is zero (what ``prune`` leaves) is removed from every tensor of the group, by
     Torch-Pruning; the result is the same class, called the same way.
     """
-    if example_inputs is None:
-        return compact_with_indices(model)[0]
+    if is_chain(model) or example_inputs is None:
+        return compact_with_indices(model)[0]  # a chain needs no trace; anything else is refused
     return _compact_traced(model, example_inputs)
 
 
 @torch.no_grad()
 def _compact_traced(model: nn.Module, example_inputs) -> nn.Module:
-    from prunelab.prune.groups import Graph, dead, out_handler
+    from prunelab.prune.groups import Graph, dead, out_handler  # Torch-Pruning, when needed
 
     small = copy.deepcopy(model)
     graph = Graph(small, example_inputs)
@@ -91,7 +91,27 @@ def _compact_traced(model: nn.Module, example_inputs) -> nn.Module:
             removals.append((small.get_submodule(group.name), gone))
     for root, gone in removals:  # all found first: pruning shortens the tensors
         graph.dependencies.get_pruning_group(root, out_handler(root), idxs=gone).prune()
+    _check_same_outputs(model, small, example_inputs)
     return small
+
+
+def _check_same_outputs(model: nn.Module, small: nn.Module, example_inputs) -> None:
+    """The compacted model must compute what the masked one does; an operation that mixes
+    channels (a mean over them, a functional normalization) would make it differ."""
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    with evaluating(model), evaluating(small):
+        try:
+            pairs = zip(output_tensors(model(*args)), output_tensors(small(*args)), strict=True)
+            differ = [float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+                      for a, b in pairs]  # fmt: skip
+        except (RuntimeError, ValueError) as err:
+            message = f"the compacted model fails where the masked one runs: {err}"
+            raise CompactionError(message) from err
+    if max(differ, default=0.0) > 1e-4:
+        raise CompactionError(
+            f"the compacted model differs from the masked one (relative {max(differ):.1e}): "
+            "an operation mixes the removed channels with the kept ones"
+        )
 
 
 Kept = list[tuple[int, torch.Tensor, torch.Tensor | None]]  # (position, rows, columns)

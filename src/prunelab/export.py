@@ -348,7 +348,7 @@ def export_cell(
         written, _ = load_sparse(out)
         runner = written
     else:
-        written = compact(model, None if chain else data.test.x[:2])
+        written = compact(model, data.test.x[:2])
         size = save_onnx(written, out, data.test.x[:1])
         runner = OnnxModel(out)
     accuracy = evaluate(runner, data.test).accuracy

@@ -76,6 +76,14 @@ def first_tensor(output):
     return output
 
 
+def output_tensors(output) -> list[torch.Tensor]:
+    """Every tensor of an output that is a tensor, or a tuple, list or dict of them."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    values = output.values() if isinstance(output, dict) else output
+    return [t for value in values for t in output_tensors(value)]
+
+
 def mlp(
     hidden: tuple[int, ...],
     dropout: tuple[float, ...] = (),

@@ -41,7 +41,7 @@ from prunelab.metrics import (
     weight_sparsity,
 )
 from prunelab.migrate import migrate_ids
-from prunelab.models import build_model, is_chain, prunable_layers
+from prunelab.models import build_model, prunable_layers
 from prunelab.paths import RunPaths
 from prunelab.provenance import environment
 from prunelab.prune import PruneMethod
@@ -243,7 +243,7 @@ def _deployment(
     time the latter (for weights, the faster of dense and CSR sparse)."""
     bytes_sparse = save_sparse(model, config.model, model_path)
     if method.structure == "unit":
-        forms = [compact(model, None if is_chain(model) else example)]
+        forms = [compact(model, example)]
         deployed_flops = flops(forms[0], example)
     else:
         forms = [model, to_csr(model)] if example.device.type == "cpu" else [model]

@@ -13,7 +13,7 @@ from prunelab.models import NothingToPruneError, chain_problem, is_chain, prunab
 from prunelab.prune.allocate import ALLOCATORS
 from prunelab.prune.criteria import CRITERIA, NeedsCalibrationError, ScoreContext
 from prunelab.prune.group_criteria import GroupContext
-from prunelab.prune.groups import Graph, Group, dead, group_masks, matches
+from prunelab.prune.groups import PRUNABLE, Graph, Group, dead, group_masks, matches
 from prunelab.prune.masks import Masks
 from prunelab.prune.method import PruneMethod, check_k
 from prunelab.prune.obs import reconstruct
@@ -82,7 +82,8 @@ def _traced(model: nn.Module, example_inputs, batches) -> Graph | None:
     if is_chain(model):
         return None
     if example_inputs is None and batches:
-        example_inputs = batches[0][0][:2]
+        inputs = batches[0][0]  # a tensor, or a tuple of the model's arguments
+        example_inputs = tuple(a[:2] for a in inputs) if isinstance(inputs, tuple) else inputs[:2]
     if example_inputs is None:
         raise ValueError(
             f"{type(model).__name__} is not a plain chain ({chain_problem(model)}): give "
@@ -106,7 +107,7 @@ def _pairs(batches: Iterable | None) -> list | None:
 
 def _check_patterns(model: nn.Module, ignore: Sequence[str], include: Sequence[str] | None):
     """Every pattern names some layer: a misspelt one would otherwise change nothing."""
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    names = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
     for pattern in (*ignore, *(include or ())):
         if not any(matches(name, (pattern,)) for name in names):
             raise ValueError(f"the layer pattern {pattern!r} matches no Linear or Conv layer")

@@ -43,6 +43,8 @@ def unit_sums(groups: list[Group], values: dict[str, torch.Tensor]) -> GroupScor
             if s.tensor in values:
                 by_tensor.setdefault(s.tensor, []).append(s)
         for tensor, slices in by_tensor.items():
+            if len(slices) > 2:
+                raise ValueError(f"{tensor} is reached along more than two dimensions")
             value = values[tensor].detach().double().cpu()
             for s in slices:
                 inside = s.unit >= 0
@@ -53,7 +55,6 @@ def unit_sums(groups: list[Group], values: dict[str, torch.Tensor]) -> GroupScor
                 same = (first.unit[:, None] == second.unit[None, :]) & (first.unit[:, None] >= 0)
                 rows, cols = same.nonzero(as_tuple=True)
                 total.index_add_(0, first.unit[rows], -both[rows, cols])
-            assert len(slices) <= 2, f"{tensor} is reached along more than two dimensions"
         sums[group.name] = total
     return sums
 

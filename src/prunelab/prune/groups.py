@@ -12,7 +12,7 @@ to which unit. Masks follow from that alone, and so does compaction.
 How a Torch-Pruning handler shortens each tensor is read from the handler itself,
 not from a table of layer types: a copy of the module whose entries hold their
 own flat index is pruned, and what is gone says which index of which dimension
-went with which position (``_removed``). Any layer Torch-Pruning can prune is a
+went with which position (``_unit_of_index``). Any layer Torch-Pruning can prune is a
 layer whose groups we can mask.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -28,12 +29,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from prunelab.models import evaluating, output_tensors
 from prunelab.prune.masks import Masks
 
 PRUNABLE = (nn.Linear, nn.Conv2d, nn.Conv1d)
 # Normalizations whose statistics are taken across channels: masking a channel to zero is
 # not removing it (the mean and variance still count it), so their groups are left alone.
-SHARED_STATISTICS = (nn.LayerNorm, nn.GroupNorm)
+SHARED_STATISTICS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,14 @@ class Graph:
 
     def __init__(self, model: nn.Module, example_inputs) -> None:
         self.model = model
+        self._outputs: list[torch.Tensor] = []
         try:
-            with torch.enable_grad():  # the trace follows autograd
+            with torch.enable_grad(), evaluating(model), warnings.catch_warnings():
+                # a bare parameter (a per-channel scale) is found along its channel
+                # dimension, which the probes read from Torch-Pruning itself
+                warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
                 self.dependencies = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=example_inputs, output_transform=_tensors_of
+                    model, example_inputs=example_inputs, output_transform=self._remember
                 )
         except Exception as err:
             raise ValueError(
@@ -125,6 +131,10 @@ class Graph:
             ) from err
         self.names = {module: name for name, module in model.named_modules()}
         self.names.update({p: n for n, p in model.named_parameters()})
+
+    def _remember(self, output) -> list[torch.Tensor]:
+        self._outputs = output_tensors(output)
+        return self._outputs
 
     def layers(self) -> dict[str, nn.Module]:
         """The Linear and Conv layers the trace saw called as modules (attention calls its
@@ -135,14 +145,16 @@ class Graph:
         }
 
     def output_layers(self) -> list[str]:
-        """Layers none of whose output channels reach another layer's input."""
+        """Layers whose output channels reach one of the model's outputs (through
+        position-wise operations), whether or not another layer reads them too."""
+        returned = {t.grad_fn for t in self._outputs}
         outputs = []
         for name, layer in self.layers().items():
             group = self.dependencies.get_pruning_group(
                 layer, out_handler(layer), idxs=list(range(_out_channels(layer)))
             )
-            consumers = [item for item in group._group if _is_in_channels(item.dep.handler)]
-            if not consumers:
+            reaching = [item for item in group.items if not _is_in_channels(item.dep.handler)]
+            if any(item.dep.target.grad_fn in returned for item in reaching):
                 outputs.append(name)
         return outputs
 
@@ -160,11 +172,11 @@ class Graph:
         for tp_group in self.dependencies.get_all_groups(
             ignored_layers=ignored, root_module_types=list(PRUNABLE)
         ):
-            root = tp_group._group[0].dep.target.module
+            root = tp_group.items[0].dep.target.module
             name = self.names[root]
             if include is not None and not matches(name, include):
                 continue
-            if any(_unmaskable(i.dep.target.module) for i in tp_group._group):
+            if any(_unmaskable(i.dep.target.module) for i in tp_group.items):
                 continue
             groups.append(self._group(name, tp_group))
         if not groups:
@@ -179,14 +191,14 @@ class Graph:
 
     def _group(self, name: str, tp_group) -> Group:
         slices: dict[tuple[str, int], torch.Tensor] = {}
-        size = len(tp_group._group[0].idxs)
-        for item in tp_group._group:
+        size = len(tp_group.items[0].idxs)
+        for item in tp_group.items:
             target = item.dep.target.module
             if not _has_tensors(target):
                 continue  # a traced operation (add, cat, reshape): nothing stored
             positions = [int(i) for i in item.idxs]
             roots = [int(r) for r in item.root_idxs]
-            for (tensor, dim), units in _removed(target, item.dep.handler, positions, roots):
+            for (tensor, dim), units in _unit_of_index(item.dep, positions, roots):
                 key = (self._tensor_name(target, tensor), dim)
                 if key in slices:
                     units = torch.where(units >= 0, units, slices[key])
@@ -199,15 +211,6 @@ class Graph:
         return f"{self.names[target]}.{tensor}" if self.names[target] else tensor
 
 
-def _tensors_of(output) -> list[torch.Tensor]:
-    """Every tensor of an output that is a tensor, a tuple, list or dict of them (nested):
-    a layer feeding any of them is an output layer."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    values = output.values() if isinstance(output, dict) else output
-    return [t for value in values for t in _tensors_of(value)]
-
-
 def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
@@ -218,11 +221,12 @@ def _unmaskable(module) -> bool:
     (not depthwise) needs every group to lose the same number of channels."""
     if isinstance(module, SHARED_STATISTICS):
         return True
-    return isinstance(module, nn.Conv2d) and 1 < module.groups < module.in_channels
+    groups = getattr(module, "groups", 1) if isinstance(module, nn.Module) else 1
+    return isinstance(groups, int) and 1 < groups < getattr(module, "in_channels", groups + 1)
 
 
 def _has_tensors(target) -> bool:
-    return isinstance(target, (nn.Module, nn.Parameter)) and bool(_tensors(target))
+    return isinstance(target, (nn.Module, nn.Parameter)) and bool(_stored_tensors(target))
 
 
 def _out_channels(layer: nn.Module) -> int:
@@ -236,10 +240,11 @@ def out_handler(layer: nn.Module):
 
 
 def _is_in_channels(handler) -> bool:
+    """A handler that shortens a consumer's inputs (not the channels themselves)."""
     return getattr(handler, "__name__", "").endswith("in_channels")
 
 
-def _tensors(target) -> dict[str, torch.Tensor]:
+def _stored_tensors(target) -> dict[str, torch.Tensor]:
     """The floating tensors a target holds: a module's own parameters and buffers, or a
     bare parameter."""
     if isinstance(target, nn.Parameter):
@@ -249,7 +254,7 @@ def _tensors(target) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _removed(target, handler, positions: list[int], roots: list[int]):
+def _unit_of_index(dependency, positions: list[int], roots: list[int]):
     """For each tensor of ``target`` and each dimension the handler shortens, the unit
     (``roots[i]``) whose position (``positions[i]``) removes each index; -1 elsewhere.
 
@@ -257,10 +262,10 @@ def _removed(target, handler, positions: list[int], roots: list[int]):
     position, and once per bit of the position's number with the positions that have
     that bit, so that log2(n) + 1 runs say which position each index went with.
     """
-    shapes = {n: t.shape for n, t in _tensors(target).items()}
-    every = _pruned_indices(target, handler, positions, shapes)
+    shapes = {n: t.shape for n, t in _stored_tensors(dependency.target.module).items()}
+    every = _pruned_indices(dependency, positions, shapes)
     bits = [
-        _pruned_indices(target, handler, [p for i, p in enumerate(positions) if i >> b & 1], shapes)
+        _pruned_indices(dependency, [p for i, p in enumerate(positions) if i >> b & 1], shapes)
         for b in range(max(1, math.ceil(math.log2(len(positions)))))
     ]
     for key, gone in every.items():
@@ -275,18 +280,22 @@ def _removed(target, handler, positions: list[int], roots: list[int]):
 
 
 def _pruned_indices(
-    target, handler, positions: list[int], shapes: dict[str, torch.Size]
+    dependency, positions: list[int], shapes: dict[str, torch.Size]
 ) -> dict[tuple[str, int], torch.Tensor]:
-    """Which indices of which dimension of each tensor the handler removes."""
+    """Which indices of which dimension of each tensor the dependency's handler removes,
+    run on a copy of its target (with the target's pruning dimension, as TP sets it)."""
     if not positions:
         return {}
-    probe = copy.deepcopy(target)
-    for tensor in _tensors(probe).values():
+    probe = copy.deepcopy(dependency.target.module)
+    handler = dependency.handler
+    if hasattr(handler, "__self__"):
+        handler.__self__.pruning_dim = dependency.target.pruning_dim
+    for tensor in _stored_tensors(probe).values():
         tensor.data = torch.arange(tensor.numel(), dtype=torch.float64).view(tensor.shape)
     result = handler(probe, positions)
     probe = result if isinstance(result, (nn.Module, nn.Parameter)) else probe
     removed = {}
-    for name, after in _tensors(probe).items():
+    for name, after in _stored_tensors(probe).items():
         before = shapes[name]
         for dim, size in enumerate(before):
             if after.shape[dim] == size:
