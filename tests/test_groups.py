@@ -435,3 +435,22 @@ def test_compaction_that_would_change_the_outputs_is_refused(data):
     chain = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     prunelab.prune(chain, "unit", 0.5)
     assert prunelab.compact(chain, example_inputs=torch.randn(2, 8))[0].out_features == 8
+
+
+def test_find_budget_prunes_whole_groups_of_a_model_that_is_not_a_chain():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from prunelab.budget import find_budget
+    from prunelab.train import TrainConfig
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 1, 8, 8, generator=generator)
+    loader = DataLoader(TensorDataset(x, (x.mean((1, 2, 3)) > 0).long()), batch_size=64)
+    model = HeadFirst()
+    result = find_budget(model, loader, loader, structure="unit", criterion="taylor",
+                         max_drop=5.0, finetune=TrainConfig(epochs=1))  # fmt: skip
+    pruned = result.model
+    assert result.answer.k > 0 and pruned is not model
+    removed = ~(pruned.a[1].weight != 0)  # BatchNorm scales of a's channels
+    assert removed.any() and (pruned.a[1].bias[removed] == 0).all()
+    assert (pruned.norm.running_var[:4][removed] == 0).all()  # the statistics too
