@@ -119,3 +119,15 @@ def test_method_names_parse_with_magnitude_as_default():
         PruneMethod.parse("nonsense")
     with pytest.raises(ValueError, match="unknown criterion 'voodoo'; choose from magnitude"):
         PruneMethod.parse("weight:voodoo")
+
+
+def test_masks_held_together_keep_only_what_both_keep():
+    import torch
+
+    from prunelab.prune.masks import Masks
+
+    now = Masks({"a": torch.tensor([True, True, False]), "b": torch.tensor([True])})
+    earlier = Masks({"a": torch.tensor([False, True, True]), "c": torch.tensor([False])})
+    both = now & earlier
+    assert both["a"].tolist() == [False, True, False]
+    assert both["b"].tolist() == [True] and both["c"].tolist() == [False]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -68,7 +69,7 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def first_tensor(output):
+def first_tensor(output: Any) -> torch.Tensor:
     """The logits of an output that is a tuple, list or dict (Hugging Face models return
     them first), or the output itself."""
     while not isinstance(output, torch.Tensor):
@@ -76,7 +77,7 @@ def first_tensor(output):
     return output
 
 
-def output_tensors(output) -> list[torch.Tensor]:
+def output_tensors(output: Any) -> list[torch.Tensor]:
     """Every tensor of an output that is a tensor, or a tuple, list or dict of them."""
     if isinstance(output, torch.Tensor):
         return [output]

@@ -63,7 +63,7 @@ def prune(
             for name, value in updates.items():
                 params[name].copy_(value)
         if pruned is not None:  # a solver prunes zero weights first; this makes it certain
-            masks = Masks({name: mask & pruned[name] for name, mask in masks.items()})
+            masks = masks & pruned
     else:
         context = ScoreContext(model, layers, method.structure, batches, seed)
         scores = CRITERIA[method.criterion](context)
@@ -105,7 +105,7 @@ def _pairs(batches: Iterable | None) -> list | None:
     return batches
 
 
-def _check_patterns(model: nn.Module, ignore: Sequence[str], include: Sequence[str] | None):
+def _check_patterns(model: nn.Module, ignore: Sequence[str], include: Sequence[str] | None) -> None:
     """Every pattern names some layer: a misspelt one would otherwise change nothing."""
     names = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
     for pattern in (*ignore, *(include or ())):
@@ -151,11 +151,7 @@ def _prune_groups(
     if pruned is not None:  # units pruned before are gone first
         scores = {g.name: scores[g.name].masked_fill(dead(model, g), -math.inf) for g in groups}
     masks = group_masks(model, groups, ALLOCATORS[method.scope](scores, k))
-    if pruned is not None:
-        masks = Masks(
-            {**pruned, **{n: m & pruned[n] if n in pruned else m for n, m in masks.items()}}
-        )
-    return masks
+    return masks & pruned if pruned is not None else masks
 
 
 def _refuse_torch_prune_hooks(model: nn.Module) -> None:

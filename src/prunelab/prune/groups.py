@@ -22,7 +22,7 @@ import copy
 import fnmatch
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -108,9 +108,9 @@ class Graph:
     """A traced model: its coupled groups and its output layers.
 
     ``example_inputs`` is what the model is called with (a tensor, or a tuple of
-    positional arguments). Layers whose output reaches the model's output without
-    passing another layer are its output layers, found from the trace rather than
-    from definition order.
+    positional arguments). Layers whose outputs are returned (through position-wise
+    operations) are its output layers, found from the trace rather than from
+    definition order.
     """
 
     def __init__(self, model: nn.Module, example_inputs) -> None:
@@ -233,7 +233,8 @@ def _out_channels(layer: nn.Module) -> int:
     return layer.weight.shape[0]
 
 
-def out_handler(layer: nn.Module):
+def out_handler(layer: nn.Module) -> Callable:
+    """Torch-Pruning's function that removes a layer's output channels."""
     if isinstance(layer, nn.Linear):
         return tp.prune_linear_out_channels
     return tp.prune_conv_out_channels

@@ -46,6 +46,11 @@ class Masks(Mapping[str, torch.Tensor]):
                 masks[f"{name}.weight"] = kept.clone()
         return cls(masks)
 
+    def __and__(self, earlier: Masks) -> Masks:
+        """These masks with ``earlier`` ones held too: an entry stays only if both keep it."""
+        both = {n: m & earlier[n] if n in earlier else m for n, m in self.items()}
+        return Masks({**earlier, **both})
+
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._masks[name]
 
