@@ -251,8 +251,9 @@ def test_group_scores_sum_each_entry_a_unit_reaches_once(data):
 
 
 class TinyEncoder(nn.Module):
-    """Tokens [B, T, D] through a transformer encoder layer: its attention calls the output
-    projection functionally, and LayerNorm shares statistics across the residual stream."""
+    """Tokens [B, T, D] through a transformer encoder layer: its attention packs the heads'
+    query, key and value rows in one tensor and calls the output projection functionally,
+    and LayerNorm shares statistics across the residual stream."""
 
     def __init__(self):
         super().__init__()
@@ -269,12 +270,14 @@ def test_transformer_mlp_units_are_pruned_and_compacted_on_token_inputs(criterio
     torch.manual_seed(0)
     model = TinyEncoder().eval()
     x, y = torch.randn(4, 5, 8), torch.randint(0, 3, (4,))
-    (group,) = Graph(model, x).groups()  # the residual stream is left: LayerNorm counts it
-    assert group.name == "encoder.linear1" and group.size == 64
+    groups = Graph(model, x).groups()  # the residual stream is left: LayerNorm counts it
+    assert {(g.name, g.size) for g in groups} == {("encoder.linear1", 64), ("encoder.self_attn", 4)}
     masks = prunelab.prune(model, f"unit:{criterion}", 0.5, batches=[(x, y)], example_inputs=x)
     assert int((~masks["encoder.linear1.bias"]).sum()) == 32
+    assert int((~masks["encoder.self_attn.out_proj.weight"][0]).sum()) == 2 * 8  # two heads
     small = prunelab.compact(model, example_inputs=x)
     assert small.encoder.linear1.out_features == 32 == small.encoder.linear2.in_features
+    assert small.encoder.self_attn.num_heads == 2
     with torch.no_grad():
         masked, out = model(x), small(x)
     assert (out - masked).abs().max() <= 1e-4 * masked.abs().max()

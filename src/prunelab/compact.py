@@ -78,19 +78,25 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
 
 @torch.no_grad()
 def _compact_traced(model: nn.Module, example_inputs) -> nn.Module:
-    from prunelab.prune.groups import Graph, dead, out_handler  # Torch-Pruning, when needed
+    from prunelab.prune.groups import Graph, dead  # Torch-Pruning, when needed
+    from prunelab.prune.heads import shrink_heads
 
     small = copy.deepcopy(model)
     graph = Graph(small, example_inputs)
-    removals = []
+    removals, heads = [], {}
     for group in graph.groups():
-        gone = dead(small, group).nonzero().flatten().tolist()
-        if len(gone) == group.size:  # keep one unit so that every shape stays valid
-            gone = gone[1:]
-        if gone:
+        alive = ~dead(small, group)
+        if not alive.any():  # keep one unit so that every shape stays valid
+            alive[0] = True
+        if group.name in graph.attention:
+            heads[group.name] = alive.nonzero().flatten()
+        elif not alive.all():
+            gone = (~alive).nonzero().flatten().tolist()
             removals.append((small.get_submodule(group.name), gone))
     for root, gone in removals:  # all found first: pruning shortens the tensors
-        graph.dependencies.get_pruning_group(root, out_handler(root), idxs=gone).prune()
+        graph.dependencies.get_pruning_group(root, graph.out_handler(root), idxs=gone).prune()
+    for name, keep in heads.items():
+        shrink_heads(small, name, graph.attention[name], keep)
     _check_same_outputs(model, small, example_inputs)
     return small
 

@@ -78,11 +78,16 @@ def first_tensor(output: Any) -> torch.Tensor:
 
 
 def output_tensors(output: Any) -> list[torch.Tensor]:
-    """Every tensor of an output that is a tensor, or a tuple, list or dict of them."""
+    """Every tensor of an output that is a tensor, or a tuple, list or dict of them
+    (a Hugging Face ``ModelOutput`` is a dict); anything else (a key-value cache) is
+    not an output to compare or trace."""
     if isinstance(output, torch.Tensor):
         return [output]
-    values = output.values() if isinstance(output, dict) else output
-    return [t for value in values for t in output_tensors(value)]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if not isinstance(output, (tuple, list)):
+        return []
+    return [t for value in output for t in output_tensors(value)]
 
 
 def mlp(

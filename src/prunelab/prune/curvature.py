@@ -178,7 +178,7 @@ def parameter_diagonal(model: nn.Module, batches: Batches, kind: str) -> dict[st
         output = torch.func.functional_call(model, (params, buffers), (x.unsqueeze(0),))
         return (first_tensor(output).squeeze(0) * v).sum()
 
-    per_sample = torch.func.vmap(torch.func.grad(projected), in_dims=(None, 0, 0))
+    per_sample = _per_sample(torch.func.grad(projected))
     acc, n = {name: torch.zeros_like(p) for name, p in params.items()}, 0
     with evaluating(model), warnings.catch_warnings():
         # attention has no vmap rule yet: torch says so, slower but exact
@@ -193,6 +193,24 @@ def parameter_diagonal(model: nn.Module, batches: Batches, kind: str) -> dict[st
     if n == 0:
         raise ValueError("no calibration data: curvature needs at least one batch")
     return {name: a / n for name, a in acc.items()}
+
+
+def _per_sample(grad: Callable) -> Callable:
+    """``grad`` of each sample of a batch: vectorised, or one sample at a time for a model
+    whose Python code looks at its inputs' values (Hugging Face's padding checks), which
+    ``vmap`` cannot batch."""
+    vectorised = torch.func.vmap(grad, in_dims=(None, 0, 0))
+
+    def per_sample(params, x, v):
+        try:
+            return vectorised(params, x, v)
+        except RuntimeError as err:
+            if "vmap" not in str(err):
+                raise
+        grads = [grad(params, xi, vi) for xi, vi in zip(x, v, strict=True)]
+        return {name: torch.stack([g[name] for g in grads]) for name in params}
+
+    return per_sample
 
 
 @torch.no_grad()

@@ -18,11 +18,13 @@ layer whose groups we can mask.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import math
+import sys
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +32,7 @@ import torch_pruning as tp
 from torch import nn
 
 from prunelab.models import evaluating, output_tensors
+from prunelab.prune.heads import AttentionKind, attention_modules, head_units
 from prunelab.prune.masks import Masks
 
 PRUNABLE = (nn.Linear, nn.Conv2d, nn.Conv1d)
@@ -117,13 +120,15 @@ class Graph:
         self.model = model
         self._outputs: list[torch.Tensor] = []
         try:
-            with torch.enable_grad(), evaluating(model), warnings.catch_warnings():
+            with torch.enable_grad(), evaluating(model), _no_cache(model), \
+                    warnings.catch_warnings():  # fmt: skip
                 # a bare parameter (a per-channel scale) is found along its channel
                 # dimension, which the probes read from Torch-Pruning itself
                 warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
                 self.dependencies = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=example_inputs, output_transform=self._remember
-                )
+                    model, example_inputs=example_inputs, output_transform=self._remember,
+                    customized_pruners={t: _TransposedLinearPruner() for t in _transposed(model)},
+                )  # fmt: skip
         except Exception as err:
             raise ValueError(
                 f"cannot trace {type(model).__name__} with the example inputs: "
@@ -131,6 +136,7 @@ class Graph:
             ) from err
         self.names = {module: name for name, module in model.named_modules()}
         self.names.update({p: n for n, p in model.named_parameters()})
+        self.attention: dict[str, AttentionKind] = attention_modules(model)
 
     def _remember(self, output) -> list[torch.Tensor]:
         self._outputs = output_tensors(output)
@@ -151,7 +157,7 @@ class Graph:
         outputs = []
         for name, layer in self.layers().items():
             group = self.dependencies.get_pruning_group(
-                layer, out_handler(layer), idxs=list(range(_out_channels(layer)))
+                layer, self.out_handler(layer), idxs=list(range(_out_channels(layer)))
             )
             reaching = [item for item in group.items if not _is_in_channels(item.dep.handler)]
             if any(item.dep.target.grad_fn in returned for item in reaching):
@@ -168,17 +174,21 @@ class Graph:
         ignored = [m for n, m in self.layers().items() if matches(n, ignore)]
         if not include_last:
             ignored += [self.model.get_submodule(n) for n in self.output_layers()]
+        heads = [g for g in self.head_groups() if _chosen(g.name, ignore, include)]
         groups = []
         for tp_group in self.dependencies.get_all_groups(
-            ignored_layers=ignored, root_module_types=list(PRUNABLE)
+            ignored_layers=ignored, root_module_types=[*PRUNABLE, *_transposed(self.model)]
         ):
             root = tp_group.items[0].dep.target.module
             name = self.names[root]
             if include is not None and not matches(name, include):
                 continue
+            if any(name.startswith(f"{a}.") for a in self.attention):
+                continue  # a projection of attention heads: pruned as whole heads
             if any(_unmaskable(i.dep.target.module) for i in tp_group.items):
                 continue
             groups.append(self._group(name, tp_group))
+        groups += heads
         if not groups:
             raise ValueError(
                 f"{type(self.model).__name__} has no group of units to prune"
@@ -188,6 +198,25 @@ class Graph:
                 "alone: masking cannot remove their channels)"
             )
         return groups
+
+    def head_groups(self) -> list[Group]:
+        """One group per attention module: its heads (``prunelab.prune.heads``)."""
+        shapes = {n: t.shape for n, t in self.model.state_dict().items()}
+        groups = []
+        for name, kind in self.attention.items():
+            layout = kind.layout(self.model.get_submodule(name))
+            slices: dict[tuple[str, int], torch.Tensor] = {}
+            for tensor, dim, offset in layout.runs:
+                key = (f"{name}.{tensor}", dim)
+                units = head_units(layout, shapes[key[0]][dim], offset)
+                slices[key] = torch.maximum(units, slices[key]) if key in slices else units
+            slices_ = tuple(Slice(t, d, u) for (t, d), u in slices.items())
+            groups.append(Group(name, layout.heads, slices_))
+        return groups
+
+    def out_handler(self, layer: nn.Module) -> Callable:
+        """Torch-Pruning's function that removes a layer's output channels."""
+        return self.dependencies.get_pruner_of_module(layer).prune_out_channels
 
     def _group(self, name: str, tp_group) -> Group:
         slices: dict[tuple[str, int], torch.Tensor] = {}
@@ -215,12 +244,31 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+@contextlib.contextmanager
+def _no_cache(model: nn.Module) -> Iterator[None]:
+    """A Hugging Face model traced without its key-value cache, whose concatenations of
+    past keys are not channels to prune."""
+    config = getattr(model, "config", None)
+    cached = getattr(config, "use_cache", False)
+    if cached:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        if cached:
+            config.use_cache = cached
+
+
+def _chosen(name: str, ignore: Sequence[str], include: Sequence[str] | None) -> bool:
+    return not matches(name, ignore) and (include is None or matches(name, include))
+
+
 def _unmaskable(module) -> bool:
     """A member whose channels zeroed are not channels removed: a normalization whose
     statistics are taken across channels still counts them, and a grouped convolution
     (not depthwise) needs every group to lose the same number of channels."""
-    if isinstance(module, SHARED_STATISTICS):
-        return True
+    if isinstance(module, (*SHARED_STATISTICS, nn.MultiheadAttention)):
+        return True  # (attention's model width is tied to its heads' width)
     groups = getattr(module, "groups", 1) if isinstance(module, nn.Module) else 1
     return isinstance(groups, int) and 1 < groups < getattr(module, "in_channels", groups + 1)
 
@@ -233,11 +281,45 @@ def _out_channels(layer: nn.Module) -> int:
     return layer.weight.shape[0]
 
 
-def out_handler(layer: nn.Module) -> Callable:
-    """Torch-Pruning's function that removes a layer's output channels."""
-    if isinstance(layer, nn.Linear):
-        return tp.prune_linear_out_channels
-    return tp.prune_conv_out_channels
+def _transposed(model: nn.Module) -> list[type]:
+    """Layer types of ``model`` that are Linear layers storing their weight as [in, out]
+    (Hugging Face's ``Conv1D``, in GPT-2), which Torch-Pruning does not know."""
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    if conv1d is None or not any(isinstance(m, conv1d) for m in model.modules()):
+        return []
+    return [conv1d]
+
+
+class _TransposedLinearPruner(tp.pruner.function.BasePruningFunc):
+    """Removes channels of a Linear layer whose weight is stored [in, out]."""
+
+    TARGET_MODULES = None
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = _kept(layer.weight.shape[1], idxs)
+        layer.weight = nn.Parameter(layer.weight.data[:, keep].clone())
+        if layer.bias is not None:
+            layer.bias = nn.Parameter(layer.bias.data[keep].clone())
+        layer.nf = len(keep)
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = _kept(layer.weight.shape[0], idxs)
+        layer.weight = nn.Parameter(layer.weight.data[keep].clone())
+        layer.nx = len(keep)
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.weight.shape[1]
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.weight.shape[0]
+
+
+def _kept(size: int, removed: Sequence[int]) -> torch.Tensor:
+    keep = torch.ones(size, dtype=torch.bool)
+    keep[list(removed)] = False
+    return keep.nonzero().flatten()
 
 
 def _is_in_channels(handler) -> bool:
