@@ -101,3 +101,32 @@ def resnet20(hidden: tuple[int, ...], dropout: tuple[float, ...] = (),
 def mobilenetv2(hidden: tuple[int, ...], dropout: tuple[float, ...] = (),
                 num_classes: int = 10) -> MobileNetV2:  # fmt: skip
     return MobileNetV2(hidden, num_classes=num_classes)
+
+
+class ViT(nn.Module):
+    """A small Vision Transformer (Dosovitskiy et al., 2021) for 28x28 images: 7x7
+    patches embedded by a strided convolution, a class token and learned positions,
+    pre-norm ``nn.TransformerEncoderLayer`` blocks (multi-head attention, a GELU MLP), a
+    final LayerNorm and a linear classifier on the class token."""
+
+    def __init__(self, width: int, mlp_width: int, depth: int = 4, heads: int = 4,
+                 patch: int = 7, image: int = 28, num_classes: int = 10,
+                 in_channels: int = 1) -> None:  # fmt: skip
+        super().__init__()
+        self.patches = nn.Conv2d(in_channels, width, patch, patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        self.position = nn.Parameter(0.02 * torch.randn(1, 1 + (image // patch) ** 2, width))
+        block = nn.TransformerEncoderLayer(width, heads, mlp_width, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)  # fmt: skip
+        self.encoder = nn.TransformerEncoder(block, depth, norm=nn.LayerNorm(width),
+                                             enable_nested_tensor=False)  # fmt: skip
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patches(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], 1) + self.position
+        return self.head(self.encoder(tokens)[:, 0])
+
+
+def vit(hidden: tuple[int, ...], dropout: tuple[float, ...] = (), num_classes: int = 10) -> ViT:
+    return ViT(*hidden, num_classes=num_classes)

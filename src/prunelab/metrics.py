@@ -73,9 +73,15 @@ def latency_ms(
 def flops(model: nn.Module, example: torch.Tensor) -> int:
     """Floating-point operations of one forward pass on one sample, as
     ``torch.utils.flop_counter`` counts them (matrix products and convolutions,
-    a multiply-add being two)."""
-    with FlopCounterMode(display=False) as counter, evaluating(model):
-        model(example[:1])
+    a multiply-add being two). Attention's fused inference kernel, which the counter
+    cannot see into, is turned off while counting."""
+    fused = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with FlopCounterMode(display=False) as counter, evaluating(model):
+            model(example[:1])
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fused)
     return int(counter.get_total_flops())
 
 

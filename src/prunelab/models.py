@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.architectures import mobilenetv2, resnet20
+from prunelab.architectures import mobilenetv2, resnet20, vit
 from prunelab.options import check_choice, listing, shown
 
 
@@ -148,6 +148,8 @@ MODELS: dict[str, ModelKind] = {
                           "shortcuts; stage widths)", depth=3, dropout=False),
     "mobilenetv2": ModelKind(mobilenetv2, (16, 24, 32, 64), "a small MobileNetV2 (inverted "
                              "residuals, depthwise convolutions; stage widths)", dropout=False),
+    "vit": ModelKind(vit, (64, 128), "a small Vision Transformer (7x7 patches, 4 pre-norm "
+                     "blocks of 4 heads; width, MLP width)", depth=2, dropout=False),
 }  # fmt: skip
 
 

@@ -1,0 +1,207 @@
+"""Transformers: attention heads and MLP units as groups, masked and compacted, on the
+ViT defined here and on Hugging Face BERT and GPT-2 built from small configs."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import prunelab
+from prunelab.attention import HeadAttention
+from prunelab.compact import parameter_count
+from prunelab.metrics import flops
+from prunelab.models import ModelConfig, build_model, first_tensor
+from prunelab.prune.groups import Graph, dead
+
+
+def hugging_face(kind: str) -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    if kind == "bert":
+        config = transformers.BertConfig(
+            vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=48, max_position_embeddings=16, num_labels=3,
+        )  # fmt: skip
+        return transformers.BertForSequenceClassification(config)
+    config = transformers.GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4,
+                                     n_positions=16, num_labels=3, pad_token_id=0)  # fmt: skip
+    return transformers.GPT2ForSequenceClassification(config)
+
+
+def case(name: str):
+    """A model in eval mode, its calibration batch and its example inputs."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (16,), generator=generator)
+    if name == "vit":
+        x = torch.randn(16, 1, 28, 28, generator=generator)
+        return build_model(ModelConfig("vit", hidden=(32, 48)), num_classes=3).eval(), x, labels
+    tokens = torch.randint(1, 50, (16, 8), generator=generator)
+    return hugging_face(name).eval(), tokens, labels
+
+
+def read_inputs(model: nn.Module, x) -> dict[str, torch.Tensor]:
+    """What every Linear-like layer called as a module reads (its last dimension)."""
+    seen = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, args, n=n: seen.__setitem__(n, args[0]))
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
+    ]  # fmt: skip
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def value_rows(model: nn.Module, x) -> dict[str, torch.Tensor]:
+    """The value vectors of every ``nn.MultiheadAttention`` (its output projection is
+    called functionally, so its inputs cannot be hooked; a head's output is a mix of
+    its value vectors)."""
+    seen = {}
+
+    def keep(module, args, kwargs, name):
+        value = args[2] if len(args) > 2 else kwargs["value"]
+        e = module.embed_dim
+        w, b = module.in_proj_weight[2 * e :], module.in_proj_bias[2 * e :]
+        seen[name] = nn.functional.linear(value, w, b)
+
+    hooks = [
+        m.register_forward_pre_hook(lambda m, a, k, n=n: keep(m, a, k, n), with_kwargs=True)
+        for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+    ]  # fmt: skip
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def reader_column(model: nn.Module, tensor: str, dim: int) -> str | None:
+    """The layer whose inputs are the columns along ``dim`` of ``tensor``, if any."""
+    layer, _, kind = tensor.rpartition(".")
+    module = model.get_submodule(layer)
+    reads = {nn.Linear: 1}.get(type(module), 0 if type(module).__name__ == "Conv1D" else None)
+    return layer if kind == "weight" and reads == dim else None
+
+
+@pytest.mark.parametrize("name", ["vit", "bert", "gpt2"])
+@pytest.mark.parametrize("criterion", ["magnitude", "taylor", "obd"])
+def test_heads_and_mlp_units_are_removed_whole_and_compacted_exactly(name, criterion):
+    model, x, y = case(name)
+    dense_params, dense_flops = parameter_count(model), flops(model, x[:1])
+    graph = Graph(model, x[:2])
+    kinds = {g.name: g.size for g in graph.groups()}
+    heads = [n for n in kinds if n in graph.attention]
+    assert len(heads) == (4 if name == "vit" else 2) and all(kinds[n] == 4 for n in heads)
+    mlps = [n for n in kinds if n not in heads and "pooler" not in n]  # BERT's pooler too
+    assert len(mlps) == len(heads)  # one MLP per block; the residual stream stays
+    masks = prunelab.prune(model, f"unit:{criterion}", 0.5, batches=[(x, y)],
+                           example_inputs=x[:2])  # fmt: skip
+    # every removed head and MLP unit gives exactly zero to whatever reads it
+    inputs, values = read_inputs(model, x), value_rows(model, x)
+    checked = 0
+    for group in Graph(model, x[:2]).groups():
+        gone = dead(model, group)
+        assert int(gone.sum()) == group.size // 2, group.name
+        for s in group.slices:
+            reader = reader_column(model, s.tensor, s.dim)
+            if reader is not None and reader in inputs:
+                columns = gone[s.unit.clamp_min(0)] & (s.unit >= 0)
+                assert (inputs[reader][..., columns] == 0).all(), reader
+                checked += 1
+        if group.name in values:
+            head_dim = values[group.name].shape[-1] // group.size
+            columns = gone.repeat_interleave(head_dim)
+            assert (values[group.name][..., columns] == 0).all(), group.name
+            checked += 1
+    assert checked >= len(kinds)
+    # the compacted model computes what the masked one does, from what the masks keep
+    small = prunelab.compact(model, example_inputs=x[:2])
+    with torch.no_grad():
+        masked, out = first_tensor(model(x)), first_tensor(small(x))
+    assert (out - masked).abs().max() <= 1e-4 * masked.abs().max()
+    kept = sum(
+        int(masks[n].sum()) if n in masks else p.numel() for n, p in model.named_parameters()
+    )
+    assert parameter_count(small) == kept < 0.8 * dense_params
+    assert flops(small, x[:1]) < 0.75 * dense_flops
+    small.load_state_dict(small.state_dict())
+    again = Graph(small, x[:2]).groups()  # the smaller model is pruned like any other
+    assert {g.name: g.size for g in again if g.name in heads} == {n: 2 for n in heads}
+
+
+def test_a_head_is_its_query_key_and_value_rows_and_its_output_columns():
+    """The slices of head 2 of a packed ``in_proj_weight``, written out by hand."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.TransformerEncoderLayer(12, 3, 8, batch_first=True))
+    x = torch.randn(2, 5, 6)
+    keep = {g.name: torch.tensor([True, True, False]) if "self_attn" in g.name else
+            torch.ones(g.size, dtype=torch.bool) for g in Graph(model, x).groups()}  # fmt: skip
+    from prunelab.prune.groups import group_masks
+
+    masks = group_masks(model, Graph(model, x).groups(), keep)
+    rows = torch.ones(36, dtype=torch.bool)
+    for start in (8, 20, 32):  # head 2 of Q, K and V: rows 8-11, 20-23, 32-35
+        rows[start : start + 4] = False
+    assert torch.equal(masks["1.self_attn.in_proj_weight"], rows[:, None].expand(36, 12))
+    assert torch.equal(masks["1.self_attn.in_proj_bias"], rows)
+    assert torch.equal(masks["1.self_attn.out_proj.weight"], rows[:12].expand(12, 12) |
+                       torch.arange(12).lt(8).expand(12, 12))  # fmt: skip
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize(
+    "call",
+    [
+        {},
+        {"need_weights": False},
+        {"attn_mask": "causal"},
+        {"attn_mask": "causal", "need_weights": False, "is_causal": True},
+        {"key_padding_mask": True},
+        {"average_attn_weights": False, "attn_mask": "bool"},
+    ],
+)
+def test_head_attention_computes_what_multihead_attention_does(batch_first, call):
+    torch.manual_seed(0)
+    theirs = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    ours = HeadAttention(16, 4, 4, batch_first=batch_first).eval()
+    with torch.no_grad():
+        for proj, w, b in zip((ours.q_proj, ours.k_proj, ours.v_proj),
+                              theirs.in_proj_weight.split(16), theirs.in_proj_bias.split(16),
+                              strict=True):  # fmt: skip
+            proj.weight.copy_(w)
+            proj.bias.copy_(b)
+        ours.out_proj.load_state_dict(theirs.out_proj.state_dict())
+    x = torch.randn(3, 5, 16) if batch_first else torch.randn(5, 3, 16)  # 3 sequences of 5
+    kwargs = dict(call)
+    if kwargs.get("attn_mask") == "causal":
+        kwargs["attn_mask"] = nn.Transformer.generate_square_subsequent_mask(5)
+    elif kwargs.get("attn_mask") == "bool":
+        kwargs["attn_mask"] = torch.rand(5, 5, generator=torch.Generator().manual_seed(1)) < 0.3
+        kwargs["attn_mask"].fill_diagonal_(False)
+    if kwargs.get("key_padding_mask"):
+        kwargs["key_padding_mask"] = torch.arange(5).expand(3, 5) >= torch.tensor([[5], [4], [2]])
+    with torch.no_grad():
+        expected, expected_weights = theirs(x, x, x, **kwargs)
+        out, weights = ours(x, x, x, **kwargs)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    if expected_weights is None:
+        assert weights is None
+    else:
+        torch.testing.assert_close(weights, expected_weights, rtol=1e-5, atol=1e-6)
+
+
+def test_unbatched_inputs_and_training_mode_keep_multihead_attentions_shapes():
+    ours = HeadAttention(8, 2, 3)
+    x = torch.randn(5, 8)
+    out, weights = ours(x, x, x)
+    assert out.shape == (5, 8) and weights.shape == (5, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        copy.deepcopy(ours).train()(
+            torch.randn(5, 2, 8), torch.randn(5, 2, 8), torch.randn(5, 2, 8)
+        )
