@@ -2,6 +2,7 @@
 ViT defined here and on Hugging Face BERT and GPT-2 built from small configs."""
 
 import copy
+import importlib.util
 import warnings
 
 import pytest
@@ -205,3 +206,18 @@ def test_unbatched_inputs_and_training_mode_keep_multihead_attentions_shapes():
         copy.deepcopy(ours).train()(
             torch.randn(5, 2, 8), torch.randn(5, 2, 8), torch.randn(5, 2, 8)
         )
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None, reason="the onnx extra is not installed"
+)
+def test_a_compacted_vit_exports_to_onnx_and_runs_in_onnxruntime_with_any_batch(tmp_path):
+    from prunelab.export import OnnxModel, save_onnx
+
+    model, x, y = case("vit")
+    prunelab.prune(model, "unit", 0.5, example_inputs=x[:2])
+    small = prunelab.compact(model, example_inputs=x[:2])
+    assert save_onnx(small, tmp_path / "vit.onnx", x) > 0
+    with torch.no_grad():
+        torch.testing.assert_close(OnnxModel(tmp_path / "vit.onnx")(x[:5]), small(x[:5]),
+                                   atol=1e-4, rtol=1e-4)  # fmt: skip

@@ -116,15 +116,17 @@ class ViT(nn.Module):
         self.patches = nn.Conv2d(in_channels, width, patch, patch)
         self.cls = nn.Parameter(torch.zeros(1, 1, width))
         self.position = nn.Parameter(0.02 * torch.randn(1, 1 + (image // patch) ** 2, width))
-        block = nn.TransformerEncoderLayer(width, heads, mlp_width, dropout=0.0,
-                                           activation="gelu", batch_first=True, norm_first=True)  # fmt: skip
+        block = nn.TransformerEncoderLayer(
+            width, heads, mlp_width, dropout=0.0, activation="gelu", batch_first=True,
+            norm_first=True,
+        )  # fmt: skip
         self.encoder = nn.TransformerEncoder(block, depth, norm=nn.LayerNorm(width),
                                              enable_nested_tensor=False)  # fmt: skip
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.patches(x).flatten(2).transpose(1, 2)
-        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], 1) + self.position
+        tokens = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], 1) + self.position
         return self.head(self.encoder(tokens)[:, 0])
 
 

@@ -33,18 +33,29 @@ class CSRLinear(nn.Module):
         self.bias = bias if bias is not None else torch.zeros(layer.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] == 1:  # one sparse matrix-vector product: the cheapest path
-            return torch.addmv(self.bias, self.weight, x[0]).unsqueeze(0)
-        return torch.addmm(self.bias.unsqueeze(1), self.weight, x.T).T
+        rows = x.reshape(-1, x.shape[-1])  # tokens [B, T, D] as B * T rows
+        if rows.shape[0] == 1:  # one sparse matrix-vector product: the cheapest path
+            out = torch.addmv(self.bias, self.weight, rows[0]).unsqueeze(0)
+        else:
+            out = torch.addmm(self.bias.unsqueeze(1), self.weight, rows.T).T
+        return out.reshape(*x.shape[:-1], -1)
+
+
+# Modules whose fused inference kernel reads their Linear layers' weights as dense tensors.
+FUSED = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
 def to_csr(model: nn.Module, max_density: float = 0.5) -> nn.Module:
     """A copy of the network with each mostly-zero linear layer's weight in torch's CSR
-    format; denser layers (the dense logits layer, say) stay dense, where they are faster."""
+    format; denser layers (the dense logits layer, say) stay dense, where they are faster,
+    and so do the layers of a module with a fused kernel (``FUSED``)."""
     sparse = copy.deepcopy(model)
+    fused = {f"{n}.{c}" if n else c for n, m in sparse.named_modules() if isinstance(m, FUSED)
+             for c, _ in m.named_modules() if c}  # fmt: skip
     for name, module in list(sparse.named_modules()):
         if (
             isinstance(module, nn.Linear)
+            and name not in fused
             and float((module.weight != 0).float().mean()) <= max_density
         ):
             if not name:
