@@ -202,6 +202,9 @@ def test_a_resnet20_study_runs_end_to_end(tiny_data_dir, tmp_path):
     rows = [r for r in json.loads((out / "answers.json").read_text())]
     assert {r["method"] for r in rows} == {"weight", "unit", "unit:obd"}
     assert (out / "report.html").exists()
+    with open(out / "results.csv") as f:  # half of every group's channels, as pruned
+        removed = {r["method"]: float(r["units_removed"]) for r in csv.DictReader(f)}
+    assert removed["unit"] == removed["unit:obd"] == 0.5 and removed["weight"] < 0.5
     exported = run("export", str(out), "--method", "unit", "--k", "0.5", "--format", "onnx",
                    "-o", str(tmp_path / "r.onnx"), "--data-dir", str(tiny_data_dir))  # fmt: skip
     assert exported.returncode == 0, exported.stderr

@@ -221,3 +221,14 @@ def test_a_compacted_vit_exports_to_onnx_and_runs_in_onnxruntime_with_any_batch(
     with torch.no_grad():
         torch.testing.assert_close(OnnxModel(tmp_path / "vit.onnx")(x[:5]), small(x[:5]),
                                    atol=1e-4, rtol=1e-4)  # fmt: skip
+
+
+def test_the_study_counts_heads_and_mlp_units_among_the_units_removed():
+    from prunelab.models import prunable_layers
+    from prunelab.study import _units_removed
+    from prunelab.study_config import StudyConfig
+
+    model, x, y = case("vit")
+    prunelab.prune(model, "unit", 0.5, example_inputs=x[:2])
+    layers = prunable_layers(model)
+    assert _units_removed(model, layers, x[:2], StudyConfig()) == 0.5  # 8 heads, 192 units

@@ -41,10 +41,11 @@ from prunelab.metrics import (
     weight_sparsity,
 )
 from prunelab.migrate import migrate_ids
-from prunelab.models import build_model, prunable_layers
+from prunelab.models import build_model, is_chain, prunable_layers
 from prunelab.paths import RunPaths
 from prunelab.provenance import environment
 from prunelab.prune import PruneMethod
+from prunelab.prune.groups import Graph, dead
 from prunelab.results import (
     EPOCH_COLUMNS,
     LAYER_COLUMNS,
@@ -262,6 +263,19 @@ def _deployment(
     }
 
 
+def _units_removed(
+    model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor, config: StudyConfig
+) -> float:
+    """Of each layer's rows in a chain; in any other model, of its coupled groups' units
+    (channels, MLP units, attention heads), as unit pruning counts them."""
+    if is_chain(model):
+        return units_removed(layers)
+    device = next(model.parameters()).device
+    groups = Graph(model, example.to(device)).groups(config.ignore, config.include or None,
+                                                     config.prune_last)  # fmt: skip
+    return sum(int(dead(model, g).sum()) for g in groups) / sum(g.size for g in groups)
+
+
 def _measure(
     model: nn.Module, phase: str, seconds: float, *, data: Dataset, method: PruneMethod,
     k: float, config: StudyConfig,
@@ -278,7 +292,7 @@ def _measure(
         "k": k,
         "phase": phase,
         "sparsity": weight_sparsity(layers),
-        "units_removed": units_removed(layers),
+        "units_removed": _units_removed(model, layers, data.test.x[:2], config),
         "test_accuracy": test.accuracy,
         "test_loss": test.loss,
         "val_accuracy": val.accuracy,
