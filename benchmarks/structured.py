@@ -4,11 +4,12 @@ installed) Hugging Face BERT and GPT-2 against the dense network, timed in the s
 process (k = fraction of each coupled group's units removed, by magnitude: channels,
 MLP units, attention heads).
 
-    python benchmarks/structured.py
+    python benchmarks/structured.py [--device cuda]
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 
 import torch
@@ -50,19 +51,24 @@ def cases() -> dict[str, tuple[callable, torch.Tensor]]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    device = torch.device(parser.parse_args().device)
     fast_cpu_math()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{torch.get_num_threads()} threads"  # fmt: skip
+    print(f"torch {torch.__version__}, {where}\n")
     print("| model | k | params | FLOPs | latency b1 | latency b256 | speed-up b256 |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, (build, x) in cases().items():
         torch.manual_seed(0)
-        dense = build().eval()
+        dense, x = build().eval().to(device), x.to(device)
         base_b1, base_b256 = latency_ms(dense, x, 1, SETTLE), latency_ms(dense, x, 256, SETTLE)
         print(f"| {name} | 0 | {parameter_count(dense):,} | {flops(dense, x[:1]) / 1e6:.1f} M | "
               f"{base_b1:.2f} ms | {base_b256:.1f} ms | 1.00x |")  # fmt: skip
         for k in (0.5, 0.75):
             torch.manual_seed(0)
-            model = build().eval()
+            model = build().eval().to(device)
             prunelab.prune(model, "unit", k, example_inputs=x)
             small = prunelab.compact(model, example_inputs=x)
             b1, b256 = latency_ms(small, x, 1, SETTLE), latency_ms(small, x, 256, SETTLE)
