@@ -232,3 +232,103 @@ def test_the_study_counts_heads_and_mlp_units_among_the_units_removed():
     prunelab.prune(model, "unit", 0.5, example_inputs=x[:2])
     layers = prunable_layers(model)
     assert _units_removed(model, layers, x[:2], StudyConfig()) == 0.5  # 8 heads, 192 units
+
+
+class PaddedText(nn.Module):
+    """Tokens through a post-norm ``nn.TransformerEncoder`` built with its defaults
+    (nested tensors for padded batches at inference), its head defined first."""
+
+    def __init__(self, bias_kv: bool = False):
+        super().__init__()
+        self.head = nn.Linear(16, 3)
+        self.embed = nn.Embedding(30, 16)
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(16, 4, 32, batch_first=True), 2
+        )
+        if bias_kv:  # keys and values with a learned extra row: not prunable by heads
+            self.encoder.layers[0].self_attn = nn.MultiheadAttention(16, 4, add_bias_kv=True,
+                                                                     batch_first=True)  # fmt: skip
+
+    def forward(self, tokens, padding=None):
+        x = self.encoder(self.embed(tokens), src_key_padding_mask=padding)
+        if padding is None:
+            return self.head(x.mean(1))
+        # the mean of real tokens (torch's fused path leaves padded ones zero, its plain
+        # path does not)
+        kept = (~padding).unsqueeze(-1)
+        return self.head((x * kept).sum(1) / kept.sum(1))
+
+
+def padded_batch():
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 30, (6, 7), generator=generator)
+    padding = torch.arange(7).expand(6, 7) >= torch.tensor([[7], [6], [5], [4], [7], [3]])
+    return tokens, padding
+
+
+def test_a_compacted_encoder_runs_padded_batches_and_per_head_masks_follow_their_heads():
+    torch.manual_seed(0)
+    model = PaddedText().eval()
+    tokens, padding = padded_batch()
+    prunelab.prune(model, "unit", 0.5, example_inputs=(tokens, padding))
+    small = prunelab.compact(model, example_inputs=(tokens, padding))
+    assert isinstance(small.encoder.layers[0].self_attn, HeadAttention)
+    with torch.inference_mode():  # the encoder's nested-tensor path, where it can take it
+        expected, out = model(tokens, padding), small(tokens, padding)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    # a mask per sequence and original head reaches the heads that were kept
+    masked_attention = model.encoder.layers[0].self_attn
+    kept = small.encoder.layers[0].self_attn
+    x = torch.randn(6, 7, 16)
+    per_head = torch.rand(6 * 4, 7, 7, generator=torch.Generator().manual_seed(2)) < 0.3
+    per_head[:, torch.arange(7), torch.arange(7)] = False
+    with torch.no_grad():
+        expected = masked_attention(x, x, x, attn_mask=per_head, need_weights=False)[0]
+        out = kept(x, x, x, attn_mask=per_head, need_weights=False)[0]
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="batch \\* 4 heads"):
+        kept(x, x, x, attn_mask=per_head[:8])
+
+
+def test_attention_whose_heads_stay_keeps_its_form_and_patterns_name_attention():
+    torch.manual_seed(0)
+    model = PaddedText(bias_kv=True).eval()
+    tokens, padding = padded_batch()
+    names = [g.name for g in Graph(model, (tokens, padding)).groups()]
+    assert "encoder.layers.0.self_attn" not in names  # add_bias_kv: no head groups
+    assert "encoder.layers.1.self_attn" in names
+    prunelab.prune(model, "unit", 0.5, example_inputs=(tokens, padding),
+                   ignore=["encoder.layers.1.self_attn"])  # fmt: skip
+    small = prunelab.compact(model, example_inputs=(tokens, padding))
+    for layer in small.encoder.layers:  # no head removed: the fused form stays
+        assert type(layer.self_attn) is nn.MultiheadAttention
+        assert layer.linear1.out_features == 16
+    with pytest.raises(ValueError, match="matches no Linear or Conv layer or attention"):
+        prunelab.prune(
+            model, "unit", 0.5, example_inputs=(tokens, padding), ignore=["encoder.layers.9.*"]
+        )
+
+
+def test_shrinking_heads_keeps_the_modules_mode():
+    from prunelab.prune.heads import ATTENTION, shrink_heads
+
+    model = nn.Sequential(nn.MultiheadAttention(8, 2, dropout=0.5)).eval()
+    shrink_heads(model, "0", ATTENTION["torch"], torch.tensor([1]))
+    assert isinstance(model[0], HeadAttention) and not model[0].training
+    x = torch.randn(3, 1, 8)
+    torch.testing.assert_close(model[0](x, x, x)[0], model[0](x, x, x)[0])  # no dropout
+
+
+def test_hugging_face_models_take_keyword_inputs_and_name_patterns():
+    bert, tokens, labels = case("bert")
+    inputs = {"input_ids": tokens[:2], "attention_mask": torch.ones_like(tokens[:2])}
+    prunelab.prune(bert, "unit", 0.5, example_inputs=inputs,
+                   ignore=["bert.encoder.layer.0.attention"])  # fmt: skip
+    small = prunelab.compact(bert, example_inputs=inputs)
+    assert small.bert.encoder.layer[0].attention.self.num_attention_heads == 4
+    assert small.bert.encoder.layer[1].attention.self.num_attention_heads == 2
+    gpt2, tokens, labels = case("gpt2")
+    masks = prunelab.prune(gpt2, "unit", 0.5, example_inputs=tokens[:2],
+                           include=["transformer.h.1.mlp.c_fc"])  # fmt: skip
+    assert {n.rpartition(".")[0] for n in masks} == {"transformer.h.1.mlp.c_fc",
+                                                    "transformer.h.1.mlp.c_proj"}  # fmt: skip

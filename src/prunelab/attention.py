@@ -29,9 +29,13 @@ class HeadAttention(nn.Module):
         self, embed_dim: int, num_heads: int, head_dim: int, *, bias: bool = True,
         out_bias: bool = True, dropout: float = 0.0, batch_first: bool = False,
         kdim: int | None = None, vdim: int | None = None,
+        heads_of: tuple[int, tuple[int, ...]] | None = None,
     ) -> None:  # fmt: skip
+        """``heads_of``: the head count of the attention these heads were kept from and
+        their places in it, which a per-head ``attn_mask`` of that attention is read by."""
         super().__init__()
         width = num_heads * head_dim
+        self.heads_of = heads_of or (num_heads, tuple(range(num_heads)))
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
         self.dropout, self.batch_first = dropout, batch_first
         self.q_proj = nn.Linear(embed_dim, width, bias=bias)
@@ -91,8 +95,14 @@ class HeadAttention(nn.Module):
         mask = None
         if attn_mask is not None:
             mask = _additive(attn_mask, q.dtype)
-            if mask.dim() == 3:  # one per batch entry and head
-                mask = mask.view(-1, self.num_heads, *mask.shape[-2:])
+            if mask.dim() == 3:  # one per batch entry and head, of the original heads
+                original, kept = self.heads_of
+                if mask.shape[0] != q.shape[0] * original:
+                    raise ValueError(
+                        f"a 3-D attn_mask has batch * {original} heads entries first; got "
+                        f"{mask.shape[0]} for a batch of {q.shape[0]}"
+                    )
+                mask = mask.reshape(q.shape[0], original, *mask.shape[-2:])[:, list(kept)]
         if key_padding_mask is not None:
             padding = _additive(key_padding_mask, q.dtype)[:, None, None, :]
             mask = padding if mask is None else mask + padding

@@ -41,8 +41,9 @@ class CSRLinear(nn.Module):
         return out.reshape(*x.shape[:-1], -1)
 
 
-# Modules whose fused inference kernel reads their Linear layers' weights as dense tensors.
-FUSED = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+# Modules whose fused inference kernel (or functional call) reads their Linear layers'
+# weights as dense tensors.
+FUSED = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
 
 
 def to_csr(model: nn.Module, max_density: float = 0.5) -> nn.Module:

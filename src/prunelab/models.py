@@ -77,6 +77,14 @@ def first_tensor(output: Any) -> torch.Tensor:
     return output
 
 
+def call_with(model: nn.Module, inputs: Any) -> Any:
+    """``model`` called with example inputs: a tensor, a tuple of positional arguments or
+    a dict of keyword arguments (as Torch-Pruning traces them)."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+
+
 def output_tensors(output: Any) -> list[torch.Tensor]:
     """Every tensor of an output that is a tensor, or a tuple, list or dict of them
     (a Hugging Face ``ModelOutput`` is a dict); anything else (a key-value cache) is

@@ -13,7 +13,7 @@ from prunelab.models import NothingToPruneError, chain_problem, is_chain, prunab
 from prunelab.prune.allocate import ALLOCATORS
 from prunelab.prune.criteria import CRITERIA, NeedsCalibrationError, ScoreContext
 from prunelab.prune.group_criteria import GroupContext
-from prunelab.prune.groups import PRUNABLE, Graph, Group, dead, group_masks, matches
+from prunelab.prune.groups import Graph, Group, dead, group_masks, matches, pattern_names
 from prunelab.prune.masks import Masks
 from prunelab.prune.method import PruneMethod, check_k
 from prunelab.prune.obs import reconstruct
@@ -107,10 +107,12 @@ def _pairs(batches: Iterable | None) -> list | None:
 
 def _check_patterns(model: nn.Module, ignore: Sequence[str], include: Sequence[str] | None) -> None:
     """Every pattern names some layer: a misspelt one would otherwise change nothing."""
-    names = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
+    names = pattern_names(model)
     for pattern in (*ignore, *(include or ())):
         if not any(matches(name, (pattern,)) for name in names):
-            raise ValueError(f"the layer pattern {pattern!r} matches no Linear or Conv layer")
+            raise ValueError(
+                f"the layer pattern {pattern!r} matches no Linear or Conv layer or attention module"
+            )
 
 
 def _layers(

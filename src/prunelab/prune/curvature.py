@@ -200,13 +200,16 @@ def _per_sample(grad: Callable) -> Callable:
     whose Python code looks at its inputs' values (Hugging Face's padding checks), which
     ``vmap`` cannot batch."""
     vectorised = torch.func.vmap(grad, in_dims=(None, 0, 0))
+    batchable = [True]  # until vmap says otherwise, once
 
     def per_sample(params, x, v):
-        try:
-            return vectorised(params, x, v)
-        except RuntimeError as err:
-            if "vmap" not in str(err):
-                raise
+        if batchable[0]:
+            try:
+                return vectorised(params, x, v)
+            except RuntimeError as err:
+                if "vmap" not in str(err):
+                    raise
+                batchable[0] = False
         grads = [grad(params, xi, vi) for xi, vi in zip(x, v, strict=True)]
         return {name: torch.stack([g[name] for g in grads]) for name in params}
 

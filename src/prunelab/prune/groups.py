@@ -174,7 +174,7 @@ class Graph:
         ignored = [m for n, m in self.layers().items() if matches(n, ignore)]
         if not include_last:
             ignored += [self.model.get_submodule(n) for n in self.output_layers()]
-        heads = [g for g in self.head_groups() if _chosen(g.name, ignore, include)]
+        heads = [g for g in self.head_groups() if _chosen(_members(g), ignore, include)]
         groups = []
         for tp_group in self.dependencies.get_all_groups(
             ignored_layers=ignored, root_module_types=[*PRUNABLE, *_transposed(self.model)]
@@ -259,8 +259,24 @@ def _no_cache(model: nn.Module) -> Iterator[None]:
             config.use_cache = cached
 
 
-def _chosen(name: str, ignore: Sequence[str], include: Sequence[str] | None) -> bool:
-    return not matches(name, ignore) and (include is None or matches(name, include))
+def _members(group: Group) -> list[str]:
+    """The names a group answers to: its own and its tensors' modules'."""
+    return [group.name, *{s.tensor.rpartition(".")[0] for s in group.slices}]
+
+
+def _chosen(names: list[str], ignore: Sequence[str], include: Sequence[str] | None) -> bool:
+    if any(matches(n, ignore) for n in names):
+        return False
+    return include is None or any(matches(n, include) for n in names)
+
+
+def pattern_names(model: nn.Module) -> list[str]:
+    """What ``ignore`` and ``include`` patterns may name: Linear and Conv layers (those
+    stored transposed too) and attention modules."""
+    layers = (*PRUNABLE, *_transposed(model))
+    return [n for n, m in model.named_modules() if isinstance(m, layers)] + list(
+        attention_modules(model)
+    )
 
 
 def _unmaskable(module) -> bool:

@@ -42,7 +42,9 @@ class AttentionKind:
     shrink: Callable[[nn.Module, torch.Tensor], nn.Module]
 
 
-def _linear(layer: nn.Module, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None):
+def sliced_linear(
+    layer: nn.Module, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None
+):
     """A copy of a Linear layer with only the given output rows and input columns."""
     weight = layer.weight if rows is None else layer.weight[rows]
     weight = weight if cols is None else weight[:, cols]
@@ -55,12 +57,18 @@ def _linear(layer: nn.Module, rows: torch.Tensor | None = None, cols: torch.Tens
     return new
 
 
-def _entries(keep: torch.Tensor, head_dim: int, offset: int = 0) -> torch.Tensor:
+def head_entries(keep: torch.Tensor, head_dim: int, offset: int = 0) -> torch.Tensor:
     """Indices of the kept heads' entries, in a block that starts at ``offset``."""
     return (offset + keep[:, None] * head_dim + torch.arange(head_dim)).flatten()
 
 
 # -- torch's nn.MultiheadAttention: Q, K and V packed in one in_proj_weight ---------------
+
+
+def _is_torch(m: nn.Module) -> bool:
+    """``nn.MultiheadAttention``, unless a bias or zero row is added to its keys and values
+    (``add_bias_kv``, ``add_zero_attn``): per-head entries outside its projections."""
+    return isinstance(m, nn.MultiheadAttention) and m.bias_k is None and not m.add_zero_attn
 
 
 def _torch_layout(m: nn.MultiheadAttention) -> Layout:
@@ -71,30 +79,26 @@ def _torch_layout(m: nn.MultiheadAttention) -> Layout:
         runs = [(f"{p}_proj_weight", 0, 0) for p in "qkv"]
     if m.in_proj_bias is not None:
         runs += [("in_proj_bias", 0, o) for o in (0, e, 2 * e)]
-    if m.bias_k is not None:
-        runs += [("bias_k", 2, 0), ("bias_v", 2, 0)]
     return Layout(m.num_heads, m.head_dim, (*runs, ("out_proj.weight", 1, 0)))
 
 
 @torch.no_grad()
 def _torch_shrink(m: nn.MultiheadAttention, keep: torch.Tensor) -> nn.Module:
-    if m.bias_k is not None or m.add_zero_attn:
-        raise ValueError("attention with add_bias_kv or add_zero_attn cannot lose heads")
-    e, rows = m.embed_dim, _entries(keep, m.head_dim)
+    e, rows = m.embed_dim, head_entries(keep, m.head_dim)
     weights = m.in_proj_weight.split(e) if m._qkv_same_embed_dim else \
         (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)  # fmt: skip
     biases = m.in_proj_bias.split(e) if m.in_proj_bias is not None else (None,) * 3
     new = HeadAttention(
         e, len(keep), m.head_dim, bias=m.in_proj_bias is not None,
         out_bias=m.out_proj.bias is not None, dropout=m.dropout, batch_first=m.batch_first,
-        kdim=m.kdim, vdim=m.vdim,
+        kdim=m.kdim, vdim=m.vdim, heads_of=(m.num_heads, tuple(keep.tolist())),
     ).to(m.out_proj.weight.device, m.out_proj.weight.dtype)  # fmt: skip
     for proj, weight, bias in zip((new.q_proj, new.k_proj, new.v_proj), weights, biases,
                                   strict=True):  # fmt: skip
         proj.weight.copy_(weight[rows])
         if bias is not None:
             proj.bias.copy_(bias[rows])
-    new.out_proj = _linear(m.out_proj, cols=rows)
+    new.out_proj = sliced_linear(m.out_proj, cols=rows)
     return new
 
 
@@ -108,9 +112,11 @@ def _heads_layout(m: HeadAttention) -> Layout:
 
 
 def _heads_shrink(m: HeadAttention, keep: torch.Tensor) -> nn.Module:
-    rows = _entries(keep, m.head_dim)
-    m.q_proj, m.k_proj, m.v_proj = (_linear(p, rows) for p in (m.q_proj, m.k_proj, m.v_proj))
-    m.out_proj, m.num_heads = _linear(m.out_proj, cols=rows), len(keep)
+    rows = head_entries(keep, m.head_dim)
+    m.q_proj, m.k_proj, m.v_proj = (sliced_linear(p, rows) for p in (m.q_proj, m.k_proj, m.v_proj))
+    m.out_proj, m.num_heads = sliced_linear(m.out_proj, cols=rows), len(keep)
+    original, kept = m.heads_of
+    m.heads_of = (original, tuple(kept[i] for i in keep.tolist()))
     return m
 
 
@@ -138,9 +144,9 @@ def _bert_layout(m: nn.Module) -> Layout:
 
 def _bert_shrink(m: nn.Module, keep: torch.Tensor) -> nn.Module:
     s = m.self
-    rows = _entries(keep, s.attention_head_size)
-    s.query, s.key, s.value = (_linear(p, rows) for p in (s.query, s.key, s.value))
-    m.output.dense = _linear(m.output.dense, cols=rows)
+    rows = head_entries(keep, s.attention_head_size)
+    s.query, s.key, s.value = (sliced_linear(p, rows) for p in (s.query, s.key, s.value))
+    m.output.dense = sliced_linear(m.output.dense, cols=rows)
     s.num_attention_heads, s.all_head_size = len(keep), len(rows)
     return m
 
@@ -168,8 +174,8 @@ def _gpt2_layout(m: nn.Module) -> Layout:
 @torch.no_grad()
 def _gpt2_shrink(m: nn.Module, keep: torch.Tensor) -> nn.Module:
     e = m.split_size
-    cols = torch.cat([_entries(keep, m.head_dim, o) for o in (0, e, 2 * e)])
-    rows = _entries(keep, m.head_dim)
+    cols = torch.cat([head_entries(keep, m.head_dim, o) for o in (0, e, 2 * e)])
+    rows = head_entries(keep, m.head_dim)
     m.c_attn.weight = nn.Parameter(m.c_attn.weight[:, cols].clone())
     m.c_attn.bias = nn.Parameter(m.c_attn.bias[cols].clone())
     m.c_proj.weight = nn.Parameter(m.c_proj.weight[rows].clone())
@@ -179,9 +185,7 @@ def _gpt2_shrink(m: nn.Module, keep: torch.Tensor) -> nn.Module:
 
 
 ATTENTION: dict[str, AttentionKind] = {
-    "torch": AttentionKind(
-        lambda m: isinstance(m, nn.MultiheadAttention), _torch_layout, _torch_shrink
-    ),  # fmt: skip
+    "torch": AttentionKind(_is_torch, _torch_layout, _torch_shrink),
     "prunelab": AttentionKind(lambda m: isinstance(m, HeadAttention), _heads_layout, _heads_shrink),
     "bert": AttentionKind(_is_bert, _bert_layout, _bert_shrink),
     "gpt2": AttentionKind(_is_gpt2, _gpt2_layout, _gpt2_shrink),
@@ -210,10 +214,21 @@ def head_units(layout: Layout, length: int, offset: int) -> torch.Tensor:
 def shrink_heads(model: nn.Module, name: str, kind: AttentionKind, keep: torch.Tensor) -> None:
     """Keep only heads ``keep`` of attention module ``name``, in place in ``model``."""
     module = model.get_submodule(name)
-    new = kind.shrink(module, keep.cpu())
+    new = kind.shrink(module, keep.cpu()).train(module.training)
     if new is not module:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
+    for outer_name, outer in model.named_modules():
+        if isinstance(outer, nn.TransformerEncoder) and name.startswith(f"{outer_name}."):
+            outer.use_nested_tensor = False  # its nested-tensor path needs packed weights
 
 
-__all__ = ["ATTENTION", "AttentionKind", "Layout", "attention_modules", "shrink_heads"]
+__all__ = [
+    "ATTENTION",
+    "AttentionKind",
+    "Layout",
+    "attention_modules",
+    "head_entries",
+    "shrink_heads",
+    "sliced_linear",
+]
