@@ -332,3 +332,51 @@ def test_hugging_face_models_take_keyword_inputs_and_name_patterns():
                            include=["transformer.h.1.mlp.c_fc"])  # fmt: skip
     assert {n.rpartition(".")[0] for n in masks} == {"transformer.h.1.mlp.c_fc",
                                                     "transformer.h.1.mlp.c_proj"}  # fmt: skip
+
+
+class MyAttention(nn.Module):
+    """Attention of a user's own: separate q, k, v and out projections, heads by reshape."""
+
+    def __init__(self, width: int = 16, heads: int = 4):
+        super().__init__()
+        self.heads, self.head_dim = heads, width // heads
+        self.q, self.k, self.v = (nn.Linear(width, width) for _ in range(3))
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+                   for p in (self.q, self.k, self.v))  # fmt: skip
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(b, t, -1))
+
+
+def test_the_readmes_own_attention_entry_prunes_and_compacts_whole_heads():
+    from prunelab.prune.heads import ATTENTION, AttentionKind, Layout, head_entries, sliced_linear
+
+    def layout(m):  # as in the README
+        runs = [(f"{p}.weight", 0, 0) for p in ("q", "k", "v")] + [("out.weight", 1, 0)]
+        return Layout(m.heads, m.head_dim, tuple(runs))
+
+    def shrink(m, keep):
+        rows = head_entries(keep, m.head_dim)
+        m.q, m.k, m.v = (sliced_linear(p, rows) for p in (m.q, m.k, m.v))
+        m.out, m.heads = sliced_linear(m.out, cols=rows), len(keep)
+        return m
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), MyAttention(), nn.Flatten(), nn.Linear(16 * 5, 3))
+    x = torch.randn(4, 5, 8)
+    unknown = copy.deepcopy(model)
+    prunelab.prune(unknown, "unit", 0.5, example_inputs=x)
+    with pytest.raises(prunelab.CompactionError, match="ATTENTION"):
+        prunelab.compact(unknown, example_inputs=x)
+    ATTENTION["mine"] = AttentionKind(lambda m: isinstance(m, MyAttention), layout, shrink)
+    try:
+        prunelab.prune(model, "unit", 0.5, example_inputs=x)
+        small = prunelab.compact(model, example_inputs=x)
+    finally:
+        del ATTENTION["mine"]
+    assert small[1].heads == 2 and small[1].q.out_features == 8
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)

@@ -134,12 +134,20 @@ def _check_same_outputs(model: nn.Module, small: nn.Module, example_inputs) -> N
 
 @contextlib.contextmanager
 def _full_precision() -> Iterator[None]:
+    """Float32 throughout (no TF32 on a GPU), and attention by the same plain kernel in
+    both models (not a fused one in the original and another in the compacted form)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     matmul, conv = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    fused = torch.backends.mha.get_fastpath_enabled()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        yield
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv
+        torch.backends.mha.set_fastpath_enabled(fused)
 
 
 Kept = list[tuple[int, torch.Tensor, torch.Tensor | None]]  # (position, rows, columns)
