@@ -43,42 +43,31 @@ def case(name: str):
     return hugging_face(name).eval(), tokens, labels
 
 
-def read_inputs(model: nn.Module, x) -> dict[str, torch.Tensor]:
-    """What every Linear-like layer called as a module reads (its last dimension)."""
-    seen = {}
-    hooks = [
-        m.register_forward_pre_hook(lambda _m, args, n=n: seen.__setitem__(n, args[0]))
-        for n, m in model.named_modules()
-        if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
-    ]  # fmt: skip
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    return seen
+def captured(model: nn.Module, x) -> tuple[dict, dict]:
+    """What every Linear-like layer called as a module reads (its last dimension), and
+    the value vectors of every ``nn.MultiheadAttention`` (its output projection is called
+    functionally, so its inputs cannot be hooked; a head's output mixes its values)."""
+    inputs, values = {}, {}
 
-
-def value_rows(model: nn.Module, x) -> dict[str, torch.Tensor]:
-    """The value vectors of every ``nn.MultiheadAttention`` (its output projection is
-    called functionally, so its inputs cannot be hooked; a head's output is a mix of
-    its value vectors)."""
-    seen = {}
-
-    def keep(module, args, kwargs, name):
+    def value_rows(module, args, kwargs, name):
         value = args[2] if len(args) > 2 else kwargs["value"]
         e = module.embed_dim
         w, b = module.in_proj_weight[2 * e :], module.in_proj_bias[2 * e :]
-        seen[name] = nn.functional.linear(value, w, b)
+        values[name] = nn.functional.linear(value, w, b)
 
-    hooks = [
-        m.register_forward_pre_hook(lambda m, a, k, n=n: keep(m, a, k, n), with_kwargs=True)
-        for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
-    ]  # fmt: skip
+    hooks = []
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D":
+            hooks.append(m.register_forward_pre_hook(
+                lambda _m, args, n=n: inputs.__setitem__(n, args[0])))  # fmt: skip
+        elif isinstance(m, nn.MultiheadAttention):
+            hooks.append(m.register_forward_pre_hook(
+                lambda m, a, k, n=n: value_rows(m, a, k, n), with_kwargs=True))  # fmt: skip
     with torch.no_grad():
         model(x)
     for h in hooks:
         h.remove()
-    return seen
+    return inputs, values
 
 
 def reader_column(model: nn.Module, tensor: str, dim: int) -> str | None:
@@ -103,7 +92,7 @@ def test_heads_and_mlp_units_are_removed_whole_and_compacted_exactly(name, crite
     masks = prunelab.prune(model, f"unit:{criterion}", 0.5, batches=[(x, y)],
                            example_inputs=x[:2])  # fmt: skip
     # every removed head and MLP unit gives exactly zero to whatever reads it
-    inputs, values = read_inputs(model, x), value_rows(model, x)
+    inputs, values = captured(model, x)
     checked = 0
     for group in Graph(model, x[:2]).groups():
         gone = dead(model, group)
