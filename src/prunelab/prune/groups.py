@@ -22,7 +22,6 @@ import contextlib
 import copy
 import fnmatch
 import math
-import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from torch import nn
 from prunelab.models import evaluating, output_tensors
 from prunelab.prune.heads import AttentionKind, attention_modules, head_units
 from prunelab.prune.masks import Masks
+from prunelab.prune.transposed import TransposedLinearPruner, transposed_linears
 
 PRUNABLE = (nn.Linear, nn.Conv2d, nn.Conv1d)
 # Normalizations whose statistics are taken across channels: masking a channel to zero is
@@ -125,9 +125,10 @@ class Graph:
                 # a bare parameter (a per-channel scale) is found along its channel
                 # dimension, which the probes read from Torch-Pruning itself
                 warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+                pruners = {t: TransposedLinearPruner() for t in transposed_linears(model)}
                 self.dependencies = tp.DependencyGraph().build_dependency(
                     model, example_inputs=example_inputs, output_transform=self._remember,
-                    customized_pruners={t: _TransposedLinearPruner() for t in _transposed(model)},
+                    customized_pruners=pruners,
                 )  # fmt: skip
         except Exception as err:
             raise ValueError(
@@ -177,7 +178,7 @@ class Graph:
         heads = [g for g in self.head_groups() if _chosen(_members(g), ignore, include)]
         groups = []
         for tp_group in self.dependencies.get_all_groups(
-            ignored_layers=ignored, root_module_types=[*PRUNABLE, *_transposed(self.model)]
+            ignored_layers=ignored, root_module_types=[*PRUNABLE, *transposed_linears(self.model)]
         ):
             root = tp_group.items[0].dep.target.module
             name = self.names[root]
@@ -273,7 +274,7 @@ def _chosen(names: list[str], ignore: Sequence[str], include: Sequence[str] | No
 def pattern_names(model: nn.Module) -> list[str]:
     """What ``ignore`` and ``include`` patterns may name: Linear and Conv layers (those
     stored transposed too) and attention modules."""
-    layers = (*PRUNABLE, *_transposed(model))
+    layers = (*PRUNABLE, *transposed_linears(model))
     return [n for n, m in model.named_modules() if isinstance(m, layers)] + list(
         attention_modules(model)
     )
@@ -295,47 +296,6 @@ def _has_tensors(target) -> bool:
 
 def _out_channels(layer: nn.Module) -> int:
     return layer.weight.shape[0]
-
-
-def _transposed(model: nn.Module) -> list[type]:
-    """Layer types of ``model`` that are Linear layers storing their weight as [in, out]
-    (Hugging Face's ``Conv1D``, in GPT-2), which Torch-Pruning does not know."""
-    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
-    if conv1d is None or not any(isinstance(m, conv1d) for m in model.modules()):
-        return []
-    return [conv1d]
-
-
-class _TransposedLinearPruner(tp.pruner.function.BasePruningFunc):
-    """Removes channels of a Linear layer whose weight is stored [in, out]."""
-
-    TARGET_MODULES = None
-
-    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        keep = _kept(layer.weight.shape[1], idxs)
-        layer.weight = nn.Parameter(layer.weight.data[:, keep].clone())
-        if layer.bias is not None:
-            layer.bias = nn.Parameter(layer.bias.data[keep].clone())
-        layer.nf = len(keep)
-        return layer
-
-    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        keep = _kept(layer.weight.shape[0], idxs)
-        layer.weight = nn.Parameter(layer.weight.data[keep].clone())
-        layer.nx = len(keep)
-        return layer
-
-    def get_out_channels(self, layer: nn.Module) -> int:
-        return layer.weight.shape[1]
-
-    def get_in_channels(self, layer: nn.Module) -> int:
-        return layer.weight.shape[0]
-
-
-def _kept(size: int, removed: Sequence[int]) -> torch.Tensor:
-    keep = torch.ones(size, dtype=torch.bool)
-    keep[list(removed)] = False
-    return keep.nonzero().flatten()
 
 
 def _is_in_channels(handler) -> bool:

@@ -11,7 +11,6 @@ and its query and key rows, so that nothing of it is left to compact.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from prunelab.attention import HeadAttention
+from prunelab.prune.transposed import hf_conv1d
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def _bert_shrink(m: nn.Module, keep: torch.Tensor) -> nn.Module:
 
 
 def _is_gpt2(m: nn.Module) -> bool:
-    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    conv1d = hf_conv1d()
     return (
         conv1d is not None
         and isinstance(getattr(m, "c_attn", None), conv1d)
