@@ -369,3 +369,50 @@ def test_the_readmes_own_attention_entry_prunes_and_compacts_whole_heads():
     assert small[1].heads == 2 and small[1].q.out_features == 8
     with torch.no_grad():
         torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+class Wrapped(nn.Module):
+    """A chain that is not an ``nn.Sequential``: traced, and pruned by groups."""
+
+    def __init__(self, chain: nn.Sequential):
+        super().__init__()
+        self.chain = chain
+
+    def forward(self, x):
+        return self.chain(x)
+
+
+@pytest.mark.parametrize("criterion", ["obs", "obc"])
+def test_group_obs_chooses_and_refits_as_the_chains_obs_does(criterion):
+    """An independent reference: the chain's unit OBS (tested against brute force in
+    tests/test_obs.py) on the same layers removes the same units and re-fits the same
+    weights."""
+    torch.manual_seed(0)
+    chain = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(),
+                          nn.Linear(8, 3))  # fmt: skip
+    wrapped = Wrapped(copy.deepcopy(chain))
+    x = torch.randn(64, 12)
+    batches = [(x, torch.randint(0, 3, (64,)))]
+    theirs = prunelab.prune(chain, f"unit:{criterion}", 0.5, batches=batches)
+    ours = prunelab.prune(wrapped, f"unit:{criterion}", 0.5, batches=batches, example_inputs=x)
+    for name, mask in theirs.items():  # the same units (ours also mask the columns reading them)
+        rows = ours[f"chain.{name}"].reshape(len(mask), -1).any(1)
+        assert torch.equal(rows, mask.reshape(len(mask), -1).any(1)), name
+    for name, value in chain.state_dict().items():
+        torch.testing.assert_close(wrapped.chain.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_group_obs_prunes_berts_heads_and_mlp_units_and_names_what_it_cannot_solve():
+    model, tokens, labels = case("bert")
+    batches = [(tokens, labels)]
+    masks = prunelab.prune(model, "unit:obs", 0.5, batches=batches, example_inputs=tokens[:2])
+    assert int((~masks["bert.encoder.layer.0.attention.output.dense.weight"][0]).sum()) == 16
+    small = prunelab.compact(model, example_inputs=tokens[:2])  # checks the outputs agree
+    assert small.bert.encoder.layer[1].attention.self.num_attention_heads == 2
+    vit, x, y = case("vit")  # nn.MultiheadAttention calls its output projection functionally
+    with pytest.raises(ValueError, match="'encoder.layers.0.self_attn' is read by "
+                                         "'encoder.layers.0.self_attn.out_proj', which is "
+                                         "called functionally"):  # fmt: skip
+        prunelab.prune(vit, "unit:obs", 0.5, batches=[(x, y)], example_inputs=x[:2])
+    prunelab.prune(vit, "unit:obs", 0.5, batches=[(x, y)], example_inputs=x[:2],
+                   ignore=["*self_attn"])  # fmt: skip

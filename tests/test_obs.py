@@ -6,7 +6,7 @@ from torch import nn
 
 from prunelab.models import ModelConfig, build_model, prunable_layers
 from prunelab.prune import PruneMethod, prune
-from prunelab.prune.obs import _choose_units, _solve_rows, obs_rows
+from prunelab.prune.obs import choose_units, obs_rows, solve_rows
 
 
 def problem(n=200, d=6, rows=3, seed=0):
@@ -46,7 +46,7 @@ def test_kept_weights_are_re_solved_exactly_for_any_kept_set():
 
 
 def _check_solves(x, w, h, keep):
-    new, inv_diag = _solve_rows(w, h, torch.linalg.inv(h), keep, with_inverse=True)
+    new, inv_diag = solve_rows(w, h, torch.linalg.inv(h), keep, with_inverse=True)
     for r in range(2):
         kept = keep[r].nonzero().flatten()
         fit = torch.linalg.lstsq(x[:, kept], x @ w[r]).solution
@@ -70,7 +70,7 @@ def test_greedy_rounds_never_do_worse_than_one_shot_on_this_problem():
 def test_unit_group_choice_matches_brute_force_on_a_small_consumer():
     x, w, h = problem(d=5, rows=3, seed=5)
     groups = [torch.tensor([i]) for i in range(5)]
-    chosen = _choose_units(w, h, groups, remove=2, rounds=1)
+    chosen = choose_units(w, h, groups, remove=2, rounds=1)
 
     def refit_error(removed):
         kept = [i for i in range(5) if i not in removed]
@@ -79,7 +79,7 @@ def test_unit_group_choice_matches_brute_force_on_a_small_consumer():
 
     singles = sorted(range(5), key=lambda j: refit_error([j]))
     assert sorted(chosen) == sorted(singles[:2])  # one round: the two best single removals
-    greedy = _choose_units(w, h, groups, remove=2, rounds=2)
+    greedy = choose_units(w, h, groups, remove=2, rounds=2)
     first = singles[0]
     second = min((j for j in range(5) if j != first), key=lambda j: refit_error([first, j]))
     assert greedy == [first, second]  # two rounds: the second choice sees the first

@@ -13,6 +13,7 @@ from prunelab.models import NothingToPruneError, chain_problem, is_chain, prunab
 from prunelab.prune.allocate import ALLOCATORS
 from prunelab.prune.criteria import CRITERIA, NeedsCalibrationError, ScoreContext
 from prunelab.prune.group_criteria import GroupContext
+from prunelab.prune.group_obs import reconstruct_groups
 from prunelab.prune.groups import Graph, Group, dead, group_masks, matches, pattern_names
 from prunelab.prune.masks import Masks
 from prunelab.prune.method import PruneMethod, check_k
@@ -51,7 +52,7 @@ def prune(
     _check_patterns(model, ignore, include)
     if graph is not None and method.structure == "unit":
         groups = graph.groups(ignore, include, include_last)
-        masks = _prune_groups(model, groups, method, k, batches, seed, pruned)
+        masks = _prune_groups(model, groups, graph.layers(), method, k, batches, seed, pruned)
         masks.apply_(model)
         return masks
     layers = _layers(model, graph, include_last, ignore, include)
@@ -136,19 +137,26 @@ def _layers(
 
 
 def _prune_groups(
-    model: nn.Module, groups: list[Group], method: PruneMethod, k: float,
-    batches: list | None, seed: int, pruned: Masks | None,
+    model: nn.Module, groups: list[Group], readable: dict[str, nn.Module], method: PruneMethod,
+    k: float, batches: list | None, seed: int, pruned: Masks | None,
 ) -> Masks:  # fmt: skip
-    """Units of coupled groups: scored over every slice, allocated, masked everywhere."""
+    """Units of coupled groups: scored over every slice, allocated, masked everywhere; or,
+    for the solvers (obs, obc), chosen and compensated in the one layer that reads them
+    (``readable``: the layers called as modules, whose inputs can be captured)."""
     criterion = CRITERIA[method.criterion]
-    if criterion.on_groups is None:
-        raise ValueError(
-            f"{method.criterion} re-fits a layer from its captured inputs, which a coupled "
-            f"group such as {groups[0].name!r} (its channels shared with "
-            f"{len(groups[0].slices)} tensors) does not have; use another criterion"
-        )
     if criterion.needs_data and not batches:
         raise NeedsCalibrationError(f"criterion {method.criterion!r} needs calibration batches")
+    if method.solver_rounds is not None:
+        updates, masks = reconstruct_groups(model, groups, readable, k, batches,
+                                            method.solver_rounds)  # fmt: skip
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for name, value in updates.items():
+                params[name].copy_(value)
+        return masks & pruned if pruned is not None else masks
+    if criterion.on_groups is None:
+        raise ValueError(f"criterion {method.criterion!r} scores layers, not coupled groups "
+                         f"such as {groups[0].name!r}; use another criterion")  # fmt: skip
     scores = criterion.on_groups(GroupContext(model, groups, batches, seed))
     if pruned is not None:  # units pruned before are gone first
         scores = {g.name: scores[g.name].masked_fill(dead(model, g), -math.inf) for g in groups}

@@ -37,7 +37,7 @@ ROW_CHUNK = 128  # rows solved together: bounds the memory of the batched system
 SOLVE_DTYPE = torch.float32
 
 
-def _solve_rows(
+def solve_rows(
     w_dense: torch.Tensor, h: torch.Tensor, h_inv: torch.Tensor, keep: torch.Tensor,
     with_inverse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
@@ -103,7 +103,7 @@ def obs_rows(
         drop = torch.topk(score, step, dim=1, largest=False).indices
         keep.scatter_(1, drop, False)
         removed += step
-        w, inv_diag = _solve_rows(w_dense, h, h_inv, keep, with_inverse=r < rounds)
+        w, inv_diag = solve_rows(w_dense, h, h_inv, keep, with_inverse=r < rounds)
     return w, keep
 
 
@@ -123,7 +123,7 @@ def _unit_groups(layer: nn.Module, consumer: nn.Module) -> list[torch.Tensor]:
     return [torch.arange(j * size, (j + 1) * size) for j in range(units)]
 
 
-def _choose_units(w: torch.Tensor, h: torch.Tensor, groups, remove: int, rounds: int):
+def choose_units(w: torch.Tensor, h: torch.Tensor, groups, remove: int, rounds: int):
     """Greedy group OBS on the consumer weights ``w`` [rows, d]: which units to remove.
 
     A unit's score is the least increase of the consumer's error when its group of
@@ -202,15 +202,13 @@ def _reconstruct(model, layers, structure, k, batches, rounds, damping):
         groups = _unit_groups(layer, consumer)
         h = layer_input_hessian(work, consumer, batches, damping)
         w = consumer.weight.flatten(1).double()
-        removed = _choose_units(w, h, groups, count_to_remove(k, len(groups)), rounds)
+        removed = choose_units(w, h, groups, count_to_remove(k, len(groups)), rounds)
         unit_keep = torch.ones(len(groups), dtype=torch.bool, device=w.device)
         unit_keep[removed] = False
         column_keep = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
         for j in removed:
             column_keep[groups[j]] = False
-        new, _ = _solve_rows(
-            w, h, torch.linalg.inv(h), column_keep.expand_as(w), with_inverse=False
-        )
+        new, _ = solve_rows(w, h, torch.linalg.inv(h), column_keep.expand_as(w), with_inverse=False)
         consumer.weight.copy_(new.view_as(consumer.weight))
         unit_masks = Masks.from_keep({name: layer}, {name: unit_keep}, "unit")
         unit_masks.apply_(work)
