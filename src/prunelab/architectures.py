@@ -93,14 +93,14 @@ class MobileNetV2(nn.Module):
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def resnet20(hidden: tuple[int, ...], dropout: tuple[float, ...] = (),
-             num_classes: int = 10) -> ResNet:  # fmt: skip
-    return ResNet(hidden, blocks=3, num_classes=num_classes)
+def resnet20(hidden: tuple[int, ...], dropout: tuple[float, ...] = (), num_classes: int = 10,
+             shape: tuple[int, ...] = (1, 28, 28)) -> ResNet:  # fmt: skip
+    return ResNet(hidden, blocks=3, num_classes=num_classes, in_channels=shape[0])
 
 
-def mobilenetv2(hidden: tuple[int, ...], dropout: tuple[float, ...] = (),
-                num_classes: int = 10) -> MobileNetV2:  # fmt: skip
-    return MobileNetV2(hidden, num_classes=num_classes)
+def mobilenetv2(hidden: tuple[int, ...], dropout: tuple[float, ...] = (), num_classes: int = 10,
+                shape: tuple[int, ...] = (1, 28, 28)) -> MobileNetV2:  # fmt: skip
+    return MobileNetV2(hidden, num_classes=num_classes, in_channels=shape[0])
 
 
 class ViT(nn.Module):
@@ -130,5 +130,9 @@ class ViT(nn.Module):
         return self.head(self.encoder(tokens)[:, 0])
 
 
-def vit(hidden: tuple[int, ...], dropout: tuple[float, ...] = (), num_classes: int = 10) -> ViT:
-    return ViT(*hidden, num_classes=num_classes)
+def vit(hidden: tuple[int, ...], dropout: tuple[float, ...] = (), num_classes: int = 10,
+        shape: tuple[int, ...] = (1, 28, 28)) -> ViT:  # fmt: skip
+    """Patches of 7x7 pixels on 28x28 images, of 8x8 on 32x32 ones: 16 in either case."""
+    channels, height, _ = shape
+    patch = next((p for p in (7, 8, 4) if height % p == 0), height)
+    return ViT(*hidden, patch=patch, image=height, num_classes=num_classes, in_channels=channels)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -89,7 +89,7 @@ def _to_device(data: Dataset, device: torch.device) -> Dataset:
     def move(split: Split) -> Split:
         return Split(split.x.to(device), split.y.to(device))
 
-    return Dataset(data.name, data.source, move(data.train), move(data.val), move(data.test))
+    return replace(data, train=move(data.train), val=move(data.val), test=move(data.test))
 
 
 def _base_model(

