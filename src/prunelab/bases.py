@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunelab.data import DataError, Dataset, Split, load_dataset
-from prunelab.models import build_model
+from prunelab.models import ModelConfig, build_model
 from prunelab.paths import RunPaths
 from prunelab.schedules import SCHEDULES
 from prunelab.storage import atomic_write_text, load_state_dict, save_state_dict
@@ -74,6 +74,12 @@ class BaseModels:
         return self._loaded[key]
 
 
+def fitted(config: StudyConfig, data: Dataset) -> ModelConfig:
+    """The study's model for its data's images and classes (a folder of images says what
+    they are only once it is read)."""
+    return config.model.for_data(data.shape, data.num_classes)
+
+
 def load_study_data(config: StudyConfig, options: RunOptions, device: torch.device) -> Dataset:
     data = load_dataset(
         config.dataset,
@@ -101,7 +107,7 @@ def _base_model(
     schedules only; None otherwise) and its record.
     """
     base_id = config.base_id()
-    model = build_model(config.model, data.num_classes, seed=config.seed).to(device)
+    model = build_model(fitted(config, data), seed=config.seed).to(device)
     weights, record = paths.base_model(base_id), paths.base_record(base_id)
     rewinding = rewinds(config)
     rewind_path = paths.rewind_model(base_id, config.schedule.rewind_steps)
@@ -119,7 +125,7 @@ def _base_model(
         # rewind snapshot retraces the stored model's path.
         trainee = model
         if not need_training:
-            trainee = build_model(config.model, data.num_classes, seed=config.seed).to(device)
+            trainee = build_model(fitted(config, data), seed=config.seed).to(device)
         snapshot = _Snapshot(config.schedule.rewind_steps, trainee)
         history = train(trainee, data.train, data.val, config.train, seed=config.seed,
                         after_step=snapshot, desc="dense")  # fmt: skip
@@ -140,7 +146,7 @@ def _base_model(
     state = {name: t.clone() for name, t in model.state_dict().items()}
     rewind = None
     if rewinding:
-        rewound = build_model(config.model, data.num_classes).to(device)
+        rewound = build_model(fitted(config, data)).to(device)
         load_state_dict(rewound, rewind_path)
         rewind = rewound.state_dict()
     return state, rewind, dense

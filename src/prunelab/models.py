@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -55,6 +55,13 @@ class ModelConfig:
             raise ValueError(
                 f"give one dropout rate per hidden layer ({len(sizes)}), got {self.dropout}"
             )
+
+    def for_data(self, shape: tuple[int, ...], classes: int) -> ModelConfig:
+        """This model for images of ``shape`` in ``classes`` classes (None where they are
+        MNIST's, so that the ids of MNIST runs do not change)."""
+        shape = tuple(shape)
+        return replace(self, input_shape=None if shape == MNIST_SHAPE else shape,
+                       classes=None if classes == 10 else classes)  # fmt: skip
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -132,6 +139,8 @@ def lenet5(
     conv1, conv2, fc1, fc2 = hidden
     channels, height, width = shape
     side = lambda n: ((n // 2) - 4) // 2  # noqa: E731 (after conv-pool, conv, pool)
+    if min(side(height), side(width)) < 1:
+        raise ValueError(f"lenet5 needs images of at least 12x12 pixels, got {height}x{width}")
     return nn.Sequential(
         nn.Conv2d(channels, conv1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(conv1, conv2, 5), nn.ReLU(), nn.MaxPool2d(2),

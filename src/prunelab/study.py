@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from prunelab.bases import (
     BaseModels,
     bases_for,
+    fitted,
     forget_bases,
     resolve_device,
 )
@@ -41,7 +42,7 @@ from prunelab.metrics import (
     weight_sparsity,
 )
 from prunelab.migrate import migrate_ids
-from prunelab.models import build_model, is_chain, prunable_layers
+from prunelab.models import ModelConfig, build_model, is_chain, prunable_layers
 from prunelab.paths import RunPaths
 from prunelab.provenance import environment
 from prunelab.prune import PruneMethod
@@ -194,7 +195,7 @@ def _run_cell(
     device: torch.device,
     model_path: Path,
 ) -> dict:
-    model = build_model(config.model, data.num_classes).to(device)
+    model = build_model(fitted(config, data)).to(device)
     model.load_state_dict(base_state)
     batches = None
     if method.needs_data:
@@ -210,13 +211,15 @@ def _run_cell(
         outcome = Outcome(finetune(model, masks, job, config.finetune, config.seed), masks)
     else:
         model.load_state_dict(base_state)
-        dense = None if rewind_state is None else DenseRun(rewind_state, config.train, config.model)
+        dense = None
+        if rewind_state is not None:
+            dense = DenseRun(rewind_state, config.train, fitted(config, data))
         outcome = run_schedule(config.schedule, model, job, dense)
     rows = [oneshot, measure(model, "finetuned", time.perf_counter() - start)]
     if outcome.control is not None:
         rows.append(measure(outcome.control, "reinit", math.nan))
     # size and speed of the deployable form: the same pattern of zeros in every row
-    deploy = _deployment(model, config, method, data.test.x[:1], model_path)
+    deploy = _deployment(model, fitted(config, data), method, data.test.x[:1], model_path)
     for row in rows:
         row.update(deploy)
     tag = {"method": method.name, "seed": config.seed, "k": k}
@@ -236,13 +239,13 @@ def _run_cell(
 
 
 def _deployment(
-    model: nn.Module, config: StudyConfig, method: PruneMethod, example: torch.Tensor,
+    model: nn.Module, model_config: ModelConfig, method: PruneMethod, example: torch.Tensor,
     model_path: Path,
 ) -> dict:  # fmt: skip
     """Store the pruned model sparse; count the FLOPs per sample of its dense form and of
     its deployable form (compacted for units; for weights, those of non-zero weights) and
     time the latter (for weights, the faster of dense and CSR sparse)."""
-    bytes_sparse = save_sparse(model, config.model, model_path)
+    bytes_sparse = save_sparse(model, model_config, model_path)
     if method.structure == "unit":
         forms = [compact(model, example)]
         deployed_flops = flops(forms[0], example)

@@ -13,7 +13,7 @@ from prunelab.config import canonical, config_id, read_config
 from prunelab.data import DATASETS
 from prunelab.executors import EXECUTORS
 from prunelab.migrate import ensure_migrated
-from prunelab.models import MNIST_SHAPE, ModelConfig
+from prunelab.models import ModelConfig
 from prunelab.options import Setting, apply, check_choice, listing, settings_of
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod, check_k
@@ -102,11 +102,8 @@ class StudyConfig:
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, DATASETS)
         spec = DATASETS[self.dataset]  # the model reads its images and gives its classes
-        shape = spec.shape if spec.shape != MNIST_SHAPE else None
-        classes = spec.classes if spec.classes != 10 else None
-        if (self.model.input_shape, self.model.classes) != (shape, classes):
-            model = replace(self.model, input_shape=shape, classes=classes)
-            object.__setattr__(self, "model", model)
+        if spec.shape is not None:  # (a folder of images says so only once it is read)
+            object.__setattr__(self, "model", self.model.for_data(spec.shape, spec.classes))
         if not self.methods or not self.ks:
             raise ValueError("a study needs at least one method and one k")
         for method in self.methods:
