@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import http.client
 import io
-import os
 import pickle
-import shutil
 import tarfile
-import tempfile
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from prunelab.data import Archive, DataError, DatasetSpec, RawData, cache_dir, md5sum, validate
+from prunelab.data import (
+    Archive,
+    DataError,
+    DatasetSpec,
+    RawData,
+    cache_dir,
+    download_checked,
+    validate,
+)
 from prunelab.safe_pickle import ArrayUnpickler
 
 
@@ -43,7 +47,8 @@ def find_archive(
     if not download:
         raise DataError(f"{spec.name} not found and downloading is switched off. {_how(spec)}")
     try:
-        return read_archive(download_archive(spec, cached), spec), spec.url + archive.file
+        url = spec.url + archive.file
+        return read_archive(download_checked(url, cached, archive.md5), spec), url
     except (OSError, http.client.HTTPException) as err:
         raise DataError(f"{spec.name}: download of {spec.url}{archive.file} failed ({err}). "
                         f"{_how(spec)}") from err  # fmt: skip
@@ -111,26 +116,3 @@ def _batch(blob: bytes, where: str, label_key: str) -> tuple[np.ndarray, np.ndar
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"{where}: data must be uint8 [N, 3072], got {data.dtype} {data.shape}")
     return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
-
-
-def download_archive(spec: DatasetSpec, target: Path) -> Path:
-    """Download the archive of ``spec`` to ``target``; it lands under its name only once
-    its MD5 matches the published one, so a broken download never poisons the cache."""
-    archive = spec.archive
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".part", delete=False) as tmp:
-        try:
-            with urllib.request.urlopen(spec.url + archive.file, timeout=60) as response:
-                shutil.copyfileobj(response, tmp)
-            tmp.close()
-            actual = md5sum(Path(tmp.name))
-            if actual != archive.md5:
-                raise DataError(
-                    f"{spec.url}{archive.file}: MD5 {actual} does not match the published "
-                    f"{archive.md5}; the file was not kept"
-                )
-            os.replace(tmp.name, target)
-        finally:
-            if os.path.exists(tmp.name):
-                os.unlink(tmp.name)
-    return target

@@ -323,24 +323,29 @@ def download_idx(spec: DatasetSpec, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for key, stem in IDX_FILES.items():
         target = folder / f"{stem}.gz"
-        if target.is_file() and md5sum(target) == spec.md5[key]:
-            continue
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".part", delete=False) as tmp:
-            try:
-                with urllib.request.urlopen(spec.url + target.name, timeout=60) as response:
-                    shutil.copyfileobj(response, tmp)
-                tmp.close()
-                actual = md5sum(Path(tmp.name))
-                if actual != spec.md5[key]:
-                    raise DataError(
-                        f"{spec.url}{target.name}: MD5 {actual} does not match the published "
-                        f"{spec.md5[key]}; the file was not kept"
-                    )
-                os.replace(tmp.name, target)
-            finally:
-                if os.path.exists(tmp.name):
-                    os.unlink(tmp.name)
+        if not (target.is_file() and md5sum(target) == spec.md5[key]):
+            download_checked(spec.url + target.name, target, spec.md5[key])
     return folder
+
+
+def download_checked(url: str, target: Path, md5: str) -> Path:
+    """Download ``url`` to ``target``, which appears only once its MD5 is ``md5``: an
+    interrupted or tampered download never poisons the cache."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".part", delete=False) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                shutil.copyfileobj(response, tmp)
+            tmp.close()
+            actual = md5sum(Path(tmp.name))
+            if actual != md5:
+                raise DataError(f"{url}: MD5 {actual} does not match the published {md5}; the "
+                                "file was not kept")  # fmt: skip
+            os.replace(tmp.name, target)
+        finally:
+            if os.path.exists(tmp.name):
+                os.unlink(tmp.name)
+    return target
 
 
 def calibration_batches(
