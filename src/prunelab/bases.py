@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunelab.data import DataError, Dataset, Split, load_dataset
-from prunelab.models import ModelConfig, build_model
+from prunelab.models import ModelConfig, build_model, evaluating, first_tensor
 from prunelab.paths import RunPaths
 from prunelab.schedules import SCHEDULES
 from prunelab.storage import atomic_write_text, load_state_dict, save_state_dict
@@ -80,6 +80,23 @@ def fitted(config: StudyConfig, data: Dataset) -> ModelConfig:
     return config.model.for_data(data.shape, data.num_classes)
 
 
+@torch.no_grad()
+def check_takes(model: nn.Module, data: Dataset) -> None:
+    """The model takes a batch of the dataset and gives a score per class, or a ValueError
+    says what it did instead (a model of your own may not)."""
+    x = data.train.x[:2]
+    try:
+        with evaluating(model):
+            out = first_tensor(model(x))
+    except Exception as err:
+        raise ValueError(f"the model fails on a batch of {data.name} images {list(x.shape)}: "
+                         f"{type(err).__name__}: {err}") from err  # fmt: skip
+    if tuple(out.shape) != (len(x), data.num_classes):
+        raise ValueError(f"the model gives {list(out.shape)} for a batch of {len(x)} "
+                         f"{data.name} images; expected [{len(x)}, {data.num_classes}], one "
+                         "score per class")  # fmt: skip
+
+
 def load_study_data(config: StudyConfig, options: RunOptions, device: torch.device) -> Dataset:
     data = load_dataset(
         config.dataset,
@@ -108,6 +125,7 @@ def _base_model(
     """
     base_id = config.base_id()
     model = build_model(fitted(config, data), seed=config.seed).to(device)
+    check_takes(model, data)
     weights, record = paths.base_model(base_id), paths.base_record(base_id)
     rewinding = rewinds(config)
     rewind_path = paths.rewind_model(base_id, config.schedule.rewind_steps)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelab import factories
 from prunelab.architectures import mobilenetv2, resnet20, vit
 from prunelab.options import check_choice, listing, shown
 
@@ -22,9 +23,12 @@ class ModelConfig:
     name: str = field(
         default="mlp",
         metadata={
-            "help": lambda: listing(MODELS),
+            "help": lambda: (
+                listing(MODELS) + "; or your own, package.module:function or "
+                "file.py:function, returning an nn.Module"
+            ),
             "flag": "model",
-            "choices": lambda: MODELS,
+            "choices": lambda: _Choices(MODELS),
             "what": "model",
         },
     )
@@ -35,11 +39,26 @@ class ModelConfig:
     dropout: tuple[float, ...] = field(
         default=(), metadata={"help": "dropout rate after each hidden layer (mlp)"}
     )
+    kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "keyword arguments of your --model function, as JSON, e.g. "
+                  "'{\"width\": 64}'", "flag": "model-kwargs"},
+    )  # fmt: skip
     # what the dataset gives it (None: 1x28x28 images of 10 classes), set by the study
     input_shape: tuple[int, ...] | None = None  # channels, height, width of one image
     classes: int | None = None
+    source: str | None = None  # the fingerprint of your --model function's file
 
     def __post_init__(self) -> None:
+        if factories.is_factory(self.name):
+            if self.hidden is not None or self.dropout:
+                raise ValueError("your own --model takes --model-kwargs, not --hidden or "
+                                 "--dropout")  # fmt: skip
+            if self.source is None:
+                object.__setattr__(self, "source", factories.fingerprint(self.name))
+            return
+        if self.kwargs:
+            raise ValueError(f"{self.name} takes --hidden, not --model-kwargs")
         check_choice("model", self.name, MODELS)
         sizes = self.sizes
         if not sizes or any(h < 1 for h in sizes):
@@ -65,6 +84,8 @@ class ModelConfig:
 
     @property
     def sizes(self) -> tuple[int, ...]:
+        if factories.is_factory(self.name):
+            return ()
         return self.hidden if self.hidden is not None else MODELS[self.name].sizes
 
 
@@ -187,11 +208,26 @@ def build_model(
     """Build the model (for ``num_classes``, else the config's classes, else 10); with
     ``seed``, its initial weights follow from the seed alone."""
     num_classes = num_classes or config.classes or 10
+    shape = config.input_shape or MNIST_SHAPE
+    if factories.is_factory(config.name) and factories.fingerprint(config.name) != config.source:
+        raise factories.FactoryError(
+            f"{factories.source_file(config.name)} changed since this model was configured "
+            f"({config.source}); use the code it was made with, or start a new run"
+        )
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
+        if factories.is_factory(config.name):
+            return factories.build(config.name, config.kwargs, num_classes, shape)
         return MODELS[config.name].build(config.sizes, config.dropout, num_classes=num_classes,
-                                         shape=config.input_shape or MNIST_SHAPE)  # fmt: skip
+                                         shape=shape)  # fmt: skip
+
+
+class _Choices(dict):
+    """The registered models, and any ``module:function`` of your own."""
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or (isinstance(name, str) and factories.is_factory(name))
 
 
 # Layers that map a zero channel or feature to zero, position by position.

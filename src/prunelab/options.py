@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import types
 import typing
 from collections.abc import Collection, Iterator, Mapping
@@ -68,6 +69,8 @@ class Setting:
 
 
 def _convert(kind: Any, value: Any) -> Any:
+    if typing.get_origin(kind) is dict or kind is dict:
+        return _mapping(value)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -87,6 +90,18 @@ def _convert(kind: Any, value: Any) -> Any:
     except (TypeError, ValueError):
         name = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
         raise ValueError(f"expected {name}, got {value!r}") from None
+
+
+def _mapping(value: Any) -> dict:
+    """A table from a file, or JSON text from the command line."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"expected a JSON object, got {value!r} ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object of keyword arguments, got {value!r}")
+    return value
 
 
 def _item(kind: Any) -> Any:

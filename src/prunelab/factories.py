@@ -1,0 +1,120 @@
+"""Models of your own from the command line: ``--model package.module:function`` (a
+module importable from the working directory) or ``--model path/to/file.py:function``.
+
+The function returns an ``nn.Module``; it is called with ``--model-kwargs`` (JSON) and,
+where it takes them, ``num_classes`` and ``in_channels`` from the dataset. The file it
+is defined in is fingerprinted (SHA-256) into the model's config, so a run directory
+or an exported model refuses code that changed since (the files that file imports are
+not covered).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+
+class FactoryError(ValueError):
+    """A ``--model module:function`` that cannot be found, called or used."""
+
+
+def is_factory(name: str) -> bool:
+    return ":" in name
+
+
+def _split(name: str) -> tuple[str, str]:
+    where, _, function = name.rpartition(":")
+    if not where or not function.isidentifier():
+        raise FactoryError(f"--model {name!r}: give package.module:function or file.py:function")
+    return where, function
+
+
+def source_file(name: str) -> Path:
+    """The file a factory is defined in, found without running it."""
+    where, _ = _split(name)
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise FactoryError(f"--model {name!r}: no file {path}")
+        return path.resolve()
+    with _working_directory_importable():
+        try:
+            spec = importlib.util.find_spec(where)
+        except (ImportError, ValueError) as err:
+            raise FactoryError(f"--model {name!r}: cannot find module {where!r} ({err})") from err
+    if spec is None or spec.origin is None or not Path(spec.origin).is_file():
+        raise FactoryError(f"--model {name!r}: no module {where!r} importable from here")
+    return Path(spec.origin)
+
+
+def fingerprint(name: str) -> str:
+    return "sha256:" + hashlib.sha256(source_file(name).read_bytes()).hexdigest()
+
+
+def load(name: str) -> Callable[..., Any]:
+    """The factory function itself (its module is imported, which runs it)."""
+    where, function = _split(name)
+    path = source_file(name)
+    try:
+        with _working_directory_importable():
+            if where.endswith(".py"):
+                spec = importlib.util.spec_from_file_location(f"prunelab_model_{path.stem}", path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(where)
+    except Exception as err:
+        raise FactoryError(f"--model {name!r}: importing {path} fails: "
+                           f"{type(err).__name__}: {err}") from err  # fmt: skip
+    factory = getattr(module, function, None)
+    if not callable(factory):
+        raise FactoryError(f"--model {name!r}: {path} has no function {function!r}")
+    return factory
+
+
+def build(name: str, kwargs: dict, num_classes: int, shape: tuple[int, ...]) -> nn.Module:
+    """Call the factory and check that it gave a module."""
+    factory = load(name)
+    given = dict(kwargs)
+    parameters = _parameters(factory)
+    for key, value in (("num_classes", num_classes), ("in_channels", shape[0])):
+        if key in parameters and key not in given:
+            given[key] = value
+    try:
+        model = factory(**given)
+    except Exception as err:
+        raise FactoryError(f"--model {name!r}: calling it with {given} fails: "
+                           f"{type(err).__name__}: {err}") from err  # fmt: skip
+    if not isinstance(model, nn.Module):
+        raise FactoryError(
+            f"--model {name!r} returned {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
+
+
+def _parameters(function: Callable) -> set[str]:
+    try:
+        return set(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+class _working_directory_importable:
+    """The working directory on ``sys.path`` for a while, as ``python -m`` has it."""
+
+    def __enter__(self) -> None:
+        self.added = str(Path.cwd()) not in sys.path
+        if self.added:
+            sys.path.insert(0, str(Path.cwd()))
+
+    def __exit__(self, *exc) -> None:
+        if self.added and str(Path.cwd()) in sys.path:
+            sys.path.remove(str(Path.cwd()))
