@@ -115,3 +115,16 @@ def test_the_python_api_builds_from_a_file(tmp_path):
         build_model(config)
     with pytest.raises(ValueError, match="takes --hidden, not --model-kwargs"):
         ModelConfig("mlp", kwargs={"width": 5})
+
+
+def test_keyword_arguments_come_from_a_sweep_files_table(tmp_path):
+    from prunelab.study_config import every_setting
+    from prunelab.sweep import read_sweep
+
+    path = tmp_path / "sweep.toml"
+    path.write_text('model = "nets:residual"\nmodel-kwargs = {width = 6, name = "a"}\n')
+    values = read_sweep(path, every_setting())
+    assert values["model.kwargs"] == {"width": 6, "name": "a"}
+    path.write_text("model-kwargs = 6\n")
+    with pytest.raises(ValueError, match="model-kwargs: expected a JSON object"):
+        read_sweep(path, every_setting())
