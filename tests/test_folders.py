@@ -88,3 +88,9 @@ def test_a_study_of_a_folder_runs_and_its_export_knows_the_images(tmp_path):
     assert exported.returncode == 0, exported.stderr
     model, config = load_sparse(tmp_path / "m.safetensors")
     assert (config.input_shape, config.classes) == ((3, 12, 16), 3)
+    # other images of the same shape: the stored dense model is not reused for them
+    write_folders(tmp_path / "others", per_class=(12, 4), seed=1)
+    other = run("study", "--dataset", "folder", "--data-dir", str(tmp_path / "others"),
+                "--model", "resnet20", "--hidden", "4,8,8", "--val-size", "6", "--epochs", "1",
+                "--ks", "0.5", "--methods", "unit", "--out", str(out))  # fmt: skip
+    assert other.returncode != 0 and "trained on other folder data" in other.stderr

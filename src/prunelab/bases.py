@@ -138,6 +138,11 @@ def _base_model(
             raise DataError(
                 f"cannot load the stored dense model {weights} ({err}); delete it to retrain"
             ) from err
+        if dense.get("data") not in (None, data.fingerprint()):  # (older runs: not recorded)
+            raise DataError(
+                f"the stored dense model {weights} was trained on other {config.dataset} data "
+                f"(from {dense.get('data_source')}, now {data.source}); use another --out"
+            )
     if need_training or (rewinding and not rewind_path.exists()):
         # Training is deterministic from its seed: a rerun made only for a missing
         # rewind snapshot retraces the stored model's path.
@@ -152,6 +157,8 @@ def _base_model(
             test, val = evaluate(model, data.test), evaluate(model, data.val)
             dense = {
                 "base_id": base_id,
+                "data": data.fingerprint(),
+                "data_source": data.source,
                 "test_accuracy": test.accuracy,
                 "test_loss": test.loss,
                 "val_accuracy": val.accuracy,

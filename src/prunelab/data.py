@@ -151,6 +151,15 @@ class Dataset:
         """Of one image: channels, height, width."""
         return tuple(self.train.x.shape[1:])
 
+    def fingerprint(self) -> str:
+        """SHA-256 of every image and label, split by split: what a stored dense model
+        was trained on, whichever folder it came from."""
+        digest = hashlib.sha256()
+        for split in (self.train, self.val, self.test):
+            for tensor in (split.x, split.y):
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return "sha256:" + digest.hexdigest()
+
 
 @dataclass(frozen=True)
 class RawData:
