@@ -89,6 +89,21 @@ def test_broken_batches_are_one_clear_error(tmp_path, batch, message):
         load_dataset("cifar10", data_dir=tmp_path)
 
 
+def test_links_and_oversized_members_are_refused(tmp_path, monkeypatch):
+    linked = tmp_path / "link"
+    linked.mkdir()
+    with tarfile.open(linked / "cifar-10-python.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info)
+    with pytest.raises(DataError, match="data_batch_1 is not a plain file"):
+        load_dataset("cifar10", data_dir=linked)
+    write_cifar(tmp_path / "big")
+    monkeypatch.setattr("prunelab.cifar.MAX_MEMBER", 1000)
+    with pytest.raises(DataError, match="not a plain file of at most 1,000 bytes"):
+        load_dataset("cifar10", data_dir=tmp_path / "big")
+
+
 def test_missing_members_and_missing_archives_say_what_is_missing(tmp_path):
     with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz"):
         pass

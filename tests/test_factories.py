@@ -75,6 +75,9 @@ def test_a_model_of_your_own_runs_the_study_and_exports(project, form):
     assert exported.returncode == 0, exported.stderr
     sparse = prunelab("export", "run", "--method", "weight", "--k", "0.5", "-o", "w.safetensors")
     assert sparse.returncode == 0, sparse.stderr
+    compact = prunelab("export", "run", "--method", "unit", "--k", "0.5", "--format", "compact",
+                       "-o", "c.safetensors")  # fmt: skip
+    assert compact.returncode == 2 and "export it as sparse" in compact.stderr
     # changed code: the run refuses to resume, the saved model to load
     (folder / "nets.py").write_text(NETS + "\n# changed\n")
     again = study(prunelab, form, "run", "--model-kwargs", '{"width": 6}')
@@ -128,3 +131,13 @@ def test_keyword_arguments_come_from_a_sweep_files_table(tmp_path):
     path.write_text("model-kwargs = 6\n")
     with pytest.raises(ValueError, match="model-kwargs: expected a JSON object"):
         read_sweep(path, every_setting())
+
+
+def test_a_chain_of_your_own_cannot_be_rebuilt_compacted_from_its_config(tmp_path):
+    from prunelab.compact import CompactionError, compact
+    from prunelab.export import compacted_config
+
+    (tmp_path / "nets.py").write_text(NETS)
+    config = ModelConfig(f"{tmp_path / 'nets.py'}:eleven")
+    with pytest.raises(CompactionError, match="export it as sparse or onnx"):
+        compacted_config(config, compact(build_model(config)))

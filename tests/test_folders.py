@@ -54,10 +54,16 @@ def test_greyscale_images_give_one_channel_and_mixed_ones_three(tmp_path):
          "images differ in size"),
         (lambda root: (root / "test/owl").mkdir(), "classes owl have no training images"),
         (lambda root: [p.unlink() for p in (root / "test").glob("*/*.png")], "no images"),
+        (lambda root: Image.fromarray(np.zeros((12, 16), np.uint16)).save(root / "test/cat/9.png"),
+         "16 or 32 bits per pixel"),
+        (lambda root: Image.new("1", (400, 400)).save(root / "train/cat/huge.png"),
+         "huge.png: not a readable image"),
     ],
 )  # fmt: skip
-def test_broken_folders_are_one_clear_error(tmp_path, damage, message):
+def test_broken_folders_are_one_clear_error(tmp_path, damage, message, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60_000)  # 400x400 is then a bomb
     write_folders(tmp_path)
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()  # hidden: not a class
     damage(tmp_path)
     with pytest.raises(DataError, match=message):
         load_dataset("folder", data_dir=tmp_path, val_size=3)
@@ -88,9 +94,24 @@ def test_a_study_of_a_folder_runs_and_its_export_knows_the_images(tmp_path):
     assert exported.returncode == 0, exported.stderr
     model, config = load_sparse(tmp_path / "m.safetensors")
     assert (config.input_shape, config.classes) == ((3, 12, 16), 3)
-    # other images of the same shape: the stored dense model is not reused for them
+    # other images, of the same shape or not: the stored dense model is not reused for them
     write_folders(tmp_path / "others", per_class=(12, 4), seed=1)
-    other = run("study", "--dataset", "folder", "--data-dir", str(tmp_path / "others"),
-                "--model", "resnet20", "--hidden", "4,8,8", "--val-size", "6", "--epochs", "1",
-                "--ks", "0.5", "--methods", "unit", "--out", str(out))  # fmt: skip
-    assert other.returncode != 0 and "trained on other folder data" in other.stderr
+    write_folders(tmp_path / "grey", per_class=(12, 4), mode="L")
+    for other in ("others", "grey"):
+        again = run("study", "--dataset", "folder", "--data-dir", str(tmp_path / other),
+                    "--model", "resnet20", "--hidden", "4,8,8", "--val-size", "6",
+                    "--epochs", "1", "--ks", "0.5", "--methods", "unit",
+                    "--out", str(out))  # fmt: skip
+        assert again.returncode != 0 and "trained on other folder data" in again.stderr
+
+
+def test_a_folder_study_config_forgets_another_datasets_shape():
+    import dataclasses
+
+    from prunelab.study_config import StudyConfig
+
+    cifar = StudyConfig(dataset="cifar10")
+    assert cifar.model.input_shape == (3, 32, 32)
+    folder = dataclasses.replace(cifar, dataset="folder")
+    assert folder.model == StudyConfig(dataset="folder").model
+    assert hash(folder)  # configs stay hashable, keyword arguments and all

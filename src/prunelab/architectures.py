@@ -133,6 +133,8 @@ class ViT(nn.Module):
 def vit(hidden: tuple[int, ...], dropout: tuple[float, ...] = (), num_classes: int = 10,
         shape: tuple[int, ...] = (1, 28, 28)) -> ViT:  # fmt: skip
     """Patches of 7x7 pixels on 28x28 images, of 8x8 on 32x32 ones: 16 in either case."""
-    channels, height, _ = shape
+    channels, height, width = shape
+    if height != width:
+        raise ValueError(f"vit takes square images, got {height}x{width}")
     patch = next((p for p in (7, 8, 4) if height % p == 0), height)
     return ViT(*hidden, patch=patch, image=height, num_classes=num_classes, in_channels=channels)

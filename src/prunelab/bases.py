@@ -132,17 +132,20 @@ def _base_model(
     need_training = not (weights.exists() and record.exists())
     if not need_training:
         try:
-            load_state_dict(model, weights)
             dense = json.loads(record.read_text())
         except Exception as err:  # a damaged file must not take a traceback with it
-            raise DataError(
-                f"cannot load the stored dense model {weights} ({err}); delete it to retrain"
-            ) from err
-        if dense.get("data") not in (None, data.fingerprint()):  # (older runs: not recorded)
+            raise DataError(f"cannot read {record} ({err}); delete it to retrain") from err
+        if dense.get("data") not in (None, data.fingerprint):  # (older runs: not recorded)
             raise DataError(
                 f"the stored dense model {weights} was trained on other {config.dataset} data "
                 f"(from {dense.get('data_source')}, now {data.source}); use another --out"
             )
+        try:
+            load_state_dict(model, weights)
+        except Exception as err:
+            raise DataError(
+                f"cannot load the stored dense model {weights} ({err}); delete it to retrain"
+            ) from err
     if need_training or (rewinding and not rewind_path.exists()):
         # Training is deterministic from its seed: a rerun made only for a missing
         # rewind snapshot retraces the stored model's path.
@@ -157,7 +160,7 @@ def _base_model(
             test, val = evaluate(model, data.test), evaluate(model, data.val)
             dense = {
                 "base_id": base_id,
-                "data": data.fingerprint(),
+                "data": data.fingerprint,
                 "data_source": data.source,
                 "test_accuracy": test.accuracy,
                 "test_loss": test.loss,

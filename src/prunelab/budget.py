@@ -361,11 +361,10 @@ def _save_answer_model(paths: RunPaths, config: StudyConfig, method: PruneMethod
         path = paths.budget_model(stem, "compact")
         try:
             small = compact(model)
-        except CompactionError:
-            pass  # not a plain chain of layers: stored sparse, below
-        else:
             save_sparse(small, compacted_config(model_config, small), path, sparse=False)
             return str(path)
+        except CompactionError:
+            pass  # not a plain chain of built-in layers: stored sparse, below
     path = paths.budget_model(stem, "sparse")
     save_sparse(model, model_config, path)
     return str(path)

@@ -12,6 +12,7 @@ import http.client
 import io
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ from prunelab.data import (
     validate,
 )
 from prunelab.safe_pickle import ArrayUnpickler
+
+MAX_MEMBER = 256 * 2**20  # bytes: CIFAR-100's training batch is about 155 MB
 
 
 def find_archive(
@@ -82,9 +85,8 @@ def read_archive(path: Path, spec: DatasetSpec) -> RawData:
         else:
             with tarfile.open(path, "r:gz") as tar:
                 for name in (*archive.train, *archive.test):
-                    found = tar.extractfile(name) if name in tar.getnames() else None
-                    members[name] = found.read() if found is not None else None
-    except (OSError, tarfile.TarError, EOFError) as err:
+                    members[name] = _member(tar, name, path)
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as err:
         raise DataError(f"{path}: not a readable {spec.name} archive ({err})") from err
     missing = [name for name, blob in members.items() if blob is None]
     if missing:
@@ -104,15 +106,25 @@ def read_archive(path: Path, spec: DatasetSpec) -> RawData:
     return raw
 
 
+def _member(tar: tarfile.TarFile, name: str, path: Path) -> bytes | None:
+    """A regular file of the archive, of at most ``MAX_MEMBER`` bytes (no link, no bomb)."""
+    try:
+        member = tar.getmember(name)
+    except KeyError:
+        return None
+    if not member.isfile() or member.size > MAX_MEMBER:
+        raise DataError(f"{path}: {name} is not a plain file of at most {MAX_MEMBER:,} bytes")
+    return tar.extractfile(member).read()
+
+
 def _batch(blob: bytes, where: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     """One pickled batch: a dict whose b"data" is uint8 [N, 3072] (the red, green and blue
     planes of each 32x32 image, row by row) and whose labels are a list."""
     try:
         batch = ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()
-        data, labels = batch[b"data"], batch[label_key.encode()]
+        data, labels = np.asarray(batch[b"data"]), np.asarray(batch[label_key.encode()], np.int64)
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError) as err:
         raise DataError(f"{where}: not a CIFAR batch ({type(err).__name__}: {err})") from err
-    data = np.asarray(data)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"{where}: data must be uint8 [N, 3072], got {data.dtype} {data.shape}")
-    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    return data.reshape(-1, 3, 32, 32), labels

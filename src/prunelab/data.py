@@ -11,6 +11,7 @@ the official test set is kept apart for reporting.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import os
@@ -151,9 +152,10 @@ class Dataset:
         """Of one image: channels, height, width."""
         return tuple(self.train.x.shape[1:])
 
+    @functools.cached_property
     def fingerprint(self) -> str:
         """SHA-256 of every image and label, split by split: what a stored dense model
-        was trained on, whichever folder it came from."""
+        was trained on, whichever folder it came from (computed once)."""
         digest = hashlib.sha256()
         for split in (self.train, self.val, self.test):
             for tensor in (split.x, split.y):

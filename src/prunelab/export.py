@@ -34,9 +34,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
-from prunelab.compact import compact
+from prunelab.compact import CompactionError, compact
 from prunelab.config import from_dict, to_dict
 from prunelab.data import load_dataset
+from prunelab.factories import is_factory
 from prunelab.metrics import nonzero_parameters
 from prunelab.models import ModelConfig, build_model, is_chain
 from prunelab.options import check_choice
@@ -231,6 +232,11 @@ def dense_bytes(model: nn.Module) -> int:
 
 def compacted_config(config: ModelConfig, compacted: nn.Module) -> ModelConfig:
     """The built-in model configuration whose sizes are those of ``compacted``."""
+    if is_factory(config.name):
+        raise CompactionError(
+            f"{config.name} is your own function, which builds its own widths: a compacted "
+            "copy cannot be rebuilt from a config; export it as sparse or onnx"
+        )
     weighted = [m for m in compacted.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     return replace(config, hidden=tuple(m.weight.shape[0] for m in weighted[:-1]))
 

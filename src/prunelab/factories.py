@@ -37,6 +37,12 @@ def _split(name: str) -> tuple[str, str]:
     return where, function
 
 
+def absolute(name: str) -> str:
+    """``name`` with a file given by its absolute path (a module name stays as it is)."""
+    where, function = _split(name)
+    return f"{Path(where).resolve()}:{function}" if where.endswith(".py") else name
+
+
 def source_file(name: str) -> Path:
     """The file a factory is defined in, found without running it."""
     where, _ = _split(name)

@@ -16,7 +16,9 @@ from PIL import Image, UnidentifiedImageError
 from prunelab.data import DataError, RawData, validate
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-GREY = {"1", "L", "LA", "I", "I;16", "F"}  # modes Pillow reads as one channel (alpha dropped)
+GREY = {"1", "L", "LA"}  # 8-bit (or 1-bit) modes read as one channel, alpha dropped
+DEEP = {"I", "I;16", "I;16B", "I;16L", "F"}  # 16- and 32-bit ones: converting would clip
+UNREADABLE = (OSError, UnidentifiedImageError, Image.DecompressionBombError)
 LAYOUT = "DIR/train/<class>/<images> and DIR/test/<class>/<images>"
 
 
@@ -28,10 +30,10 @@ def read_class_folders(root: str | Path) -> RawData:
     for part, folder in parts.items():
         if not folder.is_dir():
             raise DataError(f"no {part}/ folder in {root}: a folder dataset is {LAYOUT}")
-    classes = sorted(d.name for d in parts["train"].iterdir() if d.is_dir())
+    classes = sorted(d.name for d in parts["train"].iterdir() if _is_class(d))
     if not classes:
         raise DataError(f"{parts['train']} holds no class folders ({LAYOUT})")
-    unknown = sorted({d.name for d in parts["test"].iterdir() if d.is_dir()} - set(classes))
+    unknown = sorted({d.name for d in parts["test"].iterdir() if _is_class(d)} - set(classes))
     if unknown:
         raise DataError(f"{parts['test']}: classes {', '.join(unknown)} have no training images")
     files = {part: _files(folder, classes) for part, folder in parts.items()}
@@ -49,6 +51,10 @@ def read_class_folders(root: str | Path) -> RawData:
     return raw
 
 
+def _is_class(folder: Path) -> bool:
+    return folder.is_dir() and not folder.name.startswith(".")  # not .ipynb_checkpoints
+
+
 def _files(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
     listed = [
         (path, label)
@@ -64,9 +70,13 @@ def _files(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
 def _header(path: Path) -> tuple[str, tuple[int, int]]:
     try:
         with Image.open(path) as image:
-            return image.mode, image.size
-    except (OSError, UnidentifiedImageError) as err:
+            mode, size = image.mode, image.size
+    except UNREADABLE as err:
         raise DataError(f"{path}: not a readable image ({err})") from err
+    if mode in DEEP:
+        raise DataError(f"{path}: a {mode} image (16 or 32 bits per pixel); convert the "
+                        "images to 8 bits first")  # fmt: skip
+    return mode, size
 
 
 def _read(listed: list[tuple[Path, int]], mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +85,7 @@ def _read(listed: list[tuple[Path, int]], mode: str) -> tuple[np.ndarray, np.nda
         try:
             with Image.open(path) as image:
                 pixels = np.asarray(image.convert(mode), dtype=np.uint8)
-        except (OSError, UnidentifiedImageError) as err:
+        except UNREADABLE as err:
             raise DataError(f"{path}: not a readable image ({err})") from err
         images.append(pixels[None] if mode == "L" else pixels.transpose(2, 0, 1))
     return np.stack(images), np.array([label for _, label in listed], dtype=np.int64)

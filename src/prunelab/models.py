@@ -41,6 +41,7 @@ class ModelConfig:
     )
     kwargs: dict[str, Any] = field(
         default_factory=dict,
+        hash=False,  # (a dict; the configs stay hashable)
         metadata={"help": "keyword arguments of your --model function, as JSON, e.g. "
                   "'{\"width\": 64}'", "flag": "model-kwargs"},
     )  # fmt: skip
@@ -54,6 +55,8 @@ class ModelConfig:
             if self.hidden is not None or self.dropout:
                 raise ValueError("your own --model takes --model-kwargs, not --hidden or "
                                  "--dropout")  # fmt: skip
+            # a file is named by its absolute path, so that it is found from anywhere
+            object.__setattr__(self, "name", factories.absolute(self.name))
             if self.source is None:
                 object.__setattr__(self, "source", factories.fingerprint(self.name))
             return

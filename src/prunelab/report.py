@@ -119,7 +119,11 @@ def _describe_config(
     )
     return [
         ("dataset", f"{data}; {config.val_size:,} held out for validation; the official test set"),
-        ("model", f"{model.name}, hidden sizes {sizes}"),
+        (
+            "model",
+            f"{model.name}, "
+            + (f"hidden sizes {sizes}" if sizes else f"keyword arguments {model.kwargs or 'none'}"),
+        ),  # fmt: skip
         (
             "dense training",
             f"{train.optimizer}, lr {train.lr:g} ({train.lr_schedule}), batch {train.batch_size}, "

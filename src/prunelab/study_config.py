@@ -102,8 +102,10 @@ class StudyConfig:
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, DATASETS)
         spec = DATASETS[self.dataset]  # the model reads its images and gives its classes
-        if spec.shape is not None:  # (a folder of images says so only once it is read)
-            object.__setattr__(self, "model", self.model.for_data(spec.shape, spec.classes))
+        model = self.model.for_data(spec.shape, spec.classes) if spec.shape is not None else \
+            replace(self.model, input_shape=None, classes=None)  # a folder: as read  # fmt: skip
+        if model != self.model:
+            object.__setattr__(self, "model", model)
         if not self.methods or not self.ks:
             raise ValueError("a study needs at least one method and one k")
         for method in self.methods:
@@ -225,7 +227,8 @@ class RunOptions:
     out: Path = field(default=Path("runs/study"), metadata={"help": "run directory"})
     data_dir: Path | None = field(
         default=None,
-        metadata={"help": "folder holding the dataset's four IDX files (default: the "
+        metadata={"help": "folder holding the dataset's files (IDX files, a CIFAR archive, or "
+                  "class folders of images; default: the "
                   "cache, an installed copy, else a download)"},
     )  # fmt: skip
     device: str = field(
