@@ -95,7 +95,7 @@ DATASETS = {
             "c58f30108f718f92721af3b95e74349a",
             tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)),
             ("cifar-10-batches-py/test_batch",),
-        ),  # fmt: skip
+        ),
         shape=(3, 32, 32),
     ),
     "cifar100": DatasetSpec(
@@ -109,7 +109,7 @@ DATASETS = {
             ("cifar-100-python/train",),
             ("cifar-100-python/test",),
             labels="fine_labels",
-        ),  # fmt: skip
+        ),
         classes=100,
         shape=(3, 32, 32),
     ),
