@@ -121,7 +121,7 @@ DATASETS = {
         class_folders=True,
         describe="your images, one folder per class: DIR/train/<class>/*.png and "
         "DIR/test/<class>/*.png (--data-dir DIR)",
-    ),  # fmt: skip
+    ),
 }
 
 
