@@ -5,6 +5,7 @@ error for each kind of mistake."""
 import json
 import re
 import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -63,9 +64,9 @@ def study(prunelab, model, out, *more):
                     "--ks", "0.5", "--methods", "weight,unit", "--out", out, *more)  # fmt: skip
 
 
-@pytest.mark.parametrize("form", ["nets:residual", "nets.py:residual"])
-def test_a_model_of_your_own_runs_the_study_and_exports(project, form):
+def test_a_model_of_your_own_runs_the_study_and_exports(project):
     folder, prunelab = project
+    form = "nets.py:residual"
     result = study(prunelab, form, "run", "--model-kwargs", '{"width": 6}')
     assert result.returncode == 0, result.stderr
     model = json.loads((folder / "run" / "config.json").read_text())["model"]
@@ -106,6 +107,15 @@ def test_each_mistake_is_one_clear_error(project, model, more, message):
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]  # (argparse prints its usage above it)
     assert last.startswith("prunelab") and re.search(message, last), result.stderr
+
+
+def test_a_module_is_found_from_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "nets.py").write_text(NETS)
+    monkeypatch.chdir(tmp_path)
+    config = ModelConfig("nets:residual", kwargs={"width": 4})
+    assert config.name == "nets:residual" and config.source.startswith("sha256:")
+    assert build_model(config, num_classes=3).head.out_features == 3
+    sys.modules.pop("nets", None)  # (imported here: no other test sees it)
 
 
 def test_the_python_api_builds_from_a_file(tmp_path):
