@@ -20,7 +20,14 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from prunelab.models import call_with, chain_problem, evaluating, is_chain, output_tensors
+from prunelab.models import (
+    call_with,
+    chain_problem,
+    evaluating,
+    is_chain,
+    output_tensors,
+    unfused_attention,
+)
 
 
 class CompactionError(ValueError):
@@ -139,15 +146,12 @@ def _full_precision() -> Iterator[None]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     matmul, conv = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    fused = torch.backends.mha.get_fastpath_enabled()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with sdpa_kernel(SDPBackend.MATH):
+        with unfused_attention(), sdpa_kernel(SDPBackend.MATH):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv
-        torch.backends.mha.set_fastpath_enabled(fused)
 
 
 Kept = list[tuple[int, torch.Tensor, torch.Tensor | None]]  # (position, rows, columns)

@@ -86,8 +86,15 @@ def load(name: str) -> Callable[..., Any]:
     return factory
 
 
-def build(name: str, kwargs: dict, num_classes: int, shape: tuple[int, ...]) -> nn.Module:
-    """Call the factory and check that it gave a module."""
+def build(
+    name: str, source: str | None, kwargs: dict, num_classes: int, shape: tuple[int, ...]
+) -> nn.Module:
+    """Call the factory, if its file is still ``source``, and check that it gave a module."""
+    if source is not None and fingerprint(name) != source:
+        raise FactoryError(
+            f"{source_file(name)} changed since this model was configured ({source}); use "
+            "the code it was made with, or start a new run"
+        )
     factory = load(name)
     given = dict(kwargs)
     parameters = _parameters(factory)

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunelab.compact import dead_units
-from prunelab.models import evaluating
+from prunelab.models import evaluating, unfused_attention
 
 
 @torch.no_grad()
@@ -75,13 +75,8 @@ def flops(model: nn.Module, example: torch.Tensor) -> int:
     ``torch.utils.flop_counter`` counts them (matrix products and convolutions,
     a multiply-add being two). Attention's fused inference kernel, which the counter
     cannot see into, is turned off while counting."""
-    fused = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with FlopCounterMode(display=False) as counter, evaluating(model):
-            model(example[:1])
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fused)
+    with FlopCounterMode(display=False) as counter, evaluating(model), unfused_attention():
+        model(example[:1])
     return int(counter.get_total_flops())
 
 

@@ -195,7 +195,8 @@ def _run_cell(
     device: torch.device,
     model_path: Path,
 ) -> dict:
-    model = build_model(fitted(config, data)).to(device)
+    model_config = fitted(config, data)
+    model = build_model(model_config).to(device)
     model.load_state_dict(base_state)
     batches = None
     if method.needs_data:
@@ -213,13 +214,13 @@ def _run_cell(
         model.load_state_dict(base_state)
         dense = None
         if rewind_state is not None:
-            dense = DenseRun(rewind_state, config.train, fitted(config, data))
+            dense = DenseRun(rewind_state, config.train, model_config)
         outcome = run_schedule(config.schedule, model, job, dense)
     rows = [oneshot, measure(model, "finetuned", time.perf_counter() - start)]
     if outcome.control is not None:
         rows.append(measure(outcome.control, "reinit", math.nan))
     # size and speed of the deployable form: the same pattern of zeros in every row
-    deploy = _deployment(model, fitted(config, data), method, data.test.x[:1], model_path)
+    deploy = _deployment(model, model_config, method, data.test.x[:1], model_path)
     for row in rows:
         row.update(deploy)
     tag = {"method": method.name, "seed": config.seed, "k": k}

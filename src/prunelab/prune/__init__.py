@@ -59,10 +59,7 @@ def prune(
     if method.solver_rounds is not None:
         rounds = method.solver_rounds
         updates, masks = reconstruct(model, layers, method.structure, k, batches, rounds)
-        with torch.no_grad():
-            params = dict(model.named_parameters())
-            for name, value in updates.items():
-                params[name].copy_(value)
+        _write(model, updates)
         if pruned is not None:  # a solver prunes zero weights first; this makes it certain
             masks = masks & pruned
     else:
@@ -149,10 +146,7 @@ def _prune_groups(
     if method.solver_rounds is not None:
         updates, masks = reconstruct_groups(model, groups, readable, k, batches,
                                             method.solver_rounds)  # fmt: skip
-        with torch.no_grad():
-            params = dict(model.named_parameters())
-            for name, value in updates.items():
-                params[name].copy_(value)
+        _write(model, updates)
         return masks & pruned if pruned is not None else masks
     if criterion.on_groups is None:
         raise ValueError(f"criterion {method.criterion!r} scores layers, not coupled groups "
@@ -162,6 +156,14 @@ def _prune_groups(
         scores = {g.name: scores[g.name].masked_fill(dead(model, g), -math.inf) for g in groups}
     masks = group_masks(model, groups, ALLOCATORS[method.scope](scores, k))
     return masks & pruned if pruned is not None else masks
+
+
+@torch.no_grad()
+def _write(model: nn.Module, updates: dict[str, torch.Tensor]) -> None:
+    """A solver's new parameter values, written into ``model``."""
+    params = dict(model.named_parameters())
+    for name, value in updates.items():
+        params[name].copy_(value)
 
 
 def _refuse_torch_prune_hooks(model: nn.Module) -> None:
