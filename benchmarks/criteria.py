@@ -43,7 +43,7 @@ def main() -> None:
     rows = {(r["method"], r["k"], r["phase"]): r for r in result.results}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; dense model trained "
           f"with a {args.lr_schedule} learning rate: test accuracy "
-          f"{result.dense['test_accuracy']:.4f}")  # fmt: skip
+          f"{result.dense['test_metric']:.4f}")  # fmt: skip
     header = " | ".join(f"k={k:g} one-shot / fine-tuned (score s)" for k in ks)
     print(f"| method | {header} |")
     print("|---|" + "---:|" * len(ks))
@@ -52,7 +52,7 @@ def main() -> None:
         for k in ks:
             one, tuned = rows[(method, k, "oneshot")], rows[(method, k, "finetuned")]
             cells.append(
-                f"{100 * one['test_accuracy']:.1f} / {100 * tuned['test_accuracy']:.1f}"
+                f"{100 * one['test_metric']:.1f} / {100 * tuned['test_metric']:.1f}"
                 f" ({one['seconds']:.1f})"
             )
         print(f"| {method} | " + " | ".join(cells) + " |")

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from prunelab.budget import K_MAX, Probe, check_max_drop, find_budget, search
+from prunelab.budget import K_MAX, Probe, find_budget, search
 from prunelab.data import load_dataset
 from prunelab.models import ModelConfig, build_model, prunable_layers
+from prunelab.tasks import METRICS
 from prunelab.train import TrainConfig, train
 
 from .conftest import run
@@ -24,7 +25,7 @@ def cliff(at: float):
 
 @pytest.mark.parametrize("at", [0.1, 0.5, 0.63, 0.9, 0.97, 0.993])
 def test_search_finds_the_edge_to_its_resolution(at):
-    best, probes = search(cliff(at), dense_val_accuracy=0.985, max_drop=1.0, resolution=0.005)
+    best, probes = search(cliff(at), dense_val=0.985, max_drop=1.0, resolution=0.005)
     assert at - 0.005 <= best.k <= at
     assert len(probes) <= 12
 
@@ -39,7 +40,7 @@ def test_search_when_nothing_or_everything_is_within():
 @pytest.mark.parametrize("drop", [-1, 50, 1e9, float("nan")])
 def test_absurd_tolerances_are_refused(drop):
     with pytest.raises(ValueError, match="tolerance in accuracy points"):
-        check_max_drop(drop)
+        METRICS["accuracy"].check_tolerance(drop)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_the_readme_example_runs_and_answers(trained):
     exec(readme_example(), namespace)  # the example as printed in the README
     result = namespace["result"]
     assert 0 < result.answer.k <= K_MAX
-    assert result.answer.val_accuracy >= result.answer.dense_val_accuracy - 0.02
+    assert result.answer.val_metric >= result.answer.dense_val_metric - 0.02
     layers = prunable_layers(result.model)
     removed = sum(int((layer.weight.flatten(1) == 0).all(1).sum()) for layer in layers.values())
     total = sum(layer.weight.shape[0] for layer in layers.values())
@@ -96,7 +97,7 @@ def test_budget_command_and_its_k_rerun_as_a_study(tiny_data_dir, tmp_path):
     assert study.returncode == 0, study.stderr
     with open(tmp_path / "s" / "results.csv") as f:
         (final,) = [r for r in csv.DictReader(f) if r["phase"] == "finetuned"]
-    assert float(final["test_accuracy"]) == pytest.approx(answer["test_accuracy"], abs=0.002)
+    assert float(final["test_metric"]) == pytest.approx(answer["test_metric"], abs=0.002)
 
 
 @pytest.mark.parametrize(

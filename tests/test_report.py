@@ -47,18 +47,18 @@ def rows_at(ks_and_accuracies, method="weight", phase="finetuned", seed=0):
     rule that looked at test accuracy would choose differently."""
     return [
         {"method": method, "schedule": "oneshot", "phase": phase, "seed": seed, "k": k,
-         "val_accuracy": a, "test_accuracy": a - 0.01}
+         "val_metric": a, "test_metric": a - 0.01}
         for k, a in ks_and_accuracies
     ]  # fmt: skip
 
 
-DENSE = {"val_accuracy": 0.986, "test_accuracy": 0.98}
+DENSE = {"val_metric": 0.986, "test_metric": 0.98}
 
 
 def test_largest_k_is_chosen_on_validation_accuracy():
     rows = rows_at([(0.5, 0.985), (0.9, 0.975), (0.8, 0.981), (0.95, 0.977)])
-    k, row = largest_k_within(rows, dense_val_accuracy=0.986, max_drop=1)
-    assert k == 0.95 and row["val_accuracy"] == 0.977  # 0.9 is outside, 0.95 within
+    k, row = largest_k_within(rows, dense_val=0.986, max_drop=1)
+    assert k == 0.95 and row["val_metric"] == 0.977  # 0.9 is outside, 0.95 within
     assert largest_k_within(rows, 0.986, max_drop=0.5)[0] == 0.8
     assert largest_k_within(rows_at([(0.5, 0.90)]), 0.986, 1) == (None, None)
 
@@ -66,7 +66,7 @@ def test_largest_k_is_chosen_on_validation_accuracy():
 def test_answer_sentences_name_the_k_and_both_accuracies():
     rows = rows_at([(0.5, 0.985), (0.9, 0.979)]) + rows_at([(0.5, 0.97)], phase="oneshot")
     result = answer("weight", rows, DENSE)
-    assert (result.k, result.k_oneshot, result.test_accuracy) == (0.9, None, 0.969)
+    assert (result.k, result.k_oneshot, result.test_metric) == (0.9, None, 0.969)
     assert result.sentence == (
         "weight: up to 90% of the weights can be removed, with test accuracy 96.90% vs "
         "98.00% dense after fine-tuning (k chosen on validation: 97.90% vs 98.60%; without "
@@ -81,9 +81,9 @@ def test_answer_sentences_name_the_k_and_both_accuracies():
 def test_answer_over_seeds_compares_means_with_the_mean_dense_model():
     rows = rows_at([(0.5, 0.980), (0.9, 0.974)]) + rows_at([(0.5, 0.982), (0.9, 0.978)], seed=1)
     # seed 0's dense model alone (0.986) would reject k = 0.9; the mean (0.984) does not
-    result = answer("weight", rows, {"val_accuracy": 0.984, "test_accuracy": 0.98})
+    result = answer("weight", rows, {"val_metric": 0.984, "test_metric": 0.98})
     assert result.k == 0.9 and result.seeds == 2
-    assert abs(result.val_accuracy - 0.976) < 1e-12
+    assert abs(result.val_metric - 0.976) < 1e-12
 
 
 def test_report_shows_the_numbers_of_results_csv(tiny_run):
@@ -98,11 +98,11 @@ def test_report_shows_the_numbers_of_results_csv(tiny_run):
         values = dict(zip(header, cells, strict=True))
         assert values["method"] == row["method"] and values["phase"] == row["phase"]
         assert float(values["k"]) == row["k"]
-        for label, key in (("test accuracy", "test_accuracy"), ("weights zero", "sparsity")):
+        for label, key in (("test accuracy", "test_metric"), ("weights zero", "sparsity")):
             assert float(values[label].rstrip("%")) == pytest.approx(100 * row[key], abs=0.005)
         assert float(values["test loss"]) == pytest.approx(row["test_loss"], abs=5e-5)
     dense = json.loads(next((out / "base").glob("*.json")).read_text())
-    assert f"{100 * dense['test_accuracy']:.2f}% dense" in (out / "report.html").read_text()
+    assert f"{100 * dense['test_metric']:.2f}% dense" in (out / "report.html").read_text()
 
 
 def test_html_report_is_self_contained_and_embeds_every_figure(tiny_run):
@@ -176,11 +176,11 @@ def test_the_reports_answer_is_the_largest_k_within_the_tolerance_on_validation(
     assert any(a["k"] for a in answers.values())  # the rule is exercised, not only "none"
     for method in ("weight", "unit"):
         tuned = [r for r in rows if r["method"] == method and r["phase"] == "finetuned"]
-        within = [r["k"] for r in tuned if r["val_accuracy"] >= record["val_accuracy"] - 0.01]
+        within = [r["k"] for r in tuned if r["val_metric"] >= record["val_metric"] - 0.01]
         expected = max(within) if within else None
         assert answers[method]["k"] == expected
-        assert answers[method]["dense_val_accuracy"] == record["val_accuracy"]
+        assert answers[method]["dense_val_metric"] == record["val_metric"]
         if expected is not None:
             (row,) = [r for r in tuned if r["k"] == expected]
-            assert answers[method]["test_accuracy"] == row["test_accuracy"]
+            assert answers[method]["test_metric"] == row["test_metric"]
             assert f"up to {100 * expected:g}% of the" in report

@@ -91,10 +91,10 @@ def test_seeds_give_one_row_each_and_a_summary_with_mean_and_std(tiny_data_dir, 
     result = run_study(config, RunOptions(out=tmp_path, data_dir=tiny_data_dir, device="cpu"))
     rows = [r for r in result.results if r["phase"] == "finetuned"]
     assert sorted(r["seed"] for r in rows) == [0, 1]
-    accuracies = [r["test_accuracy"] for r in rows]
+    accuracies = [r["test_metric"] for r in rows]
     (summary,) = [r for r in read(tmp_path / "summary.csv") if r["phase"] == "finetuned"]
     assert int(summary["seeds"]) == 2
-    assert float(summary["test_accuracy_mean"]) == pytest.approx(sum(accuracies) / 2)
+    assert float(summary["test_metric_mean"]) == pytest.approx(sum(accuracies) / 2)
     std = abs(accuracies[0] - accuracies[1]) / math.sqrt(2)
-    assert float(summary["test_accuracy_std"]) == pytest.approx(std)
+    assert float(summary["test_metric_std"]) == pytest.approx(std)
     assert len(list((tmp_path / "base").glob("*.json"))) == 2  # one base model per seed

@@ -13,7 +13,7 @@ def test_training_learns_and_records_every_epoch(tiny_data_dir):
     history = train(model, ds.train, ds.val, TrainConfig(epochs=3, batch_size=32), seed=0)
     assert [r.epoch for r in history] == [1, 2, 3]
     assert history[-1].train_loss < history[0].train_loss
-    assert evaluate(model, ds.test).accuracy > 0.9
+    assert evaluate(model, ds.test).metric > 0.9
 
 
 def test_training_is_reproducible_from_its_seed(tiny_data_dir):
@@ -58,4 +58,4 @@ def test_evaluate_matches_a_hand_computed_loss_and_accuracy():
     result = evaluate(model, Split(x, y), batch_size=2)
     logits = torch.stack([x.flatten(), -x.flatten()], dim=1)
     assert abs(result.loss - nn.functional.cross_entropy(logits, y).item()) < 1e-6
-    assert result.accuracy == 1 / 3
+    assert result.metric == 1 / 3

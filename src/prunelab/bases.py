@@ -12,12 +12,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prunelab.data import DataError, Dataset, Split, load_dataset
+from prunelab.data import DataError, Dataset, load_dataset
 from prunelab.models import ModelConfig, build_model, evaluating, first_tensor
 from prunelab.paths import RunPaths
+from prunelab.results import renamed
 from prunelab.schedules import SCHEDULES
 from prunelab.storage import atomic_write_text, load_state_dict, save_state_dict
 from prunelab.study_config import RunOptions, StudyConfig
+from prunelab.tasks import TASKS
 from prunelab.train import evaluate, train
 
 
@@ -82,19 +84,25 @@ def fitted(config: StudyConfig, data: Dataset) -> ModelConfig:
 
 @torch.no_grad()
 def check_takes(model: nn.Module, data: Dataset) -> None:
-    """The model takes a batch of the dataset and gives a score per class, or a ValueError
-    says what it did instead (a model of your own may not)."""
-    x = data.train.x[:2]
+    """The model takes a batch of the dataset and gives what its task compares with the
+    targets (classification: a score per class), or a ValueError says what it did
+    instead (a model of your own may not)."""
+    x, y = next(iter(data.train.batches(2)))
     try:
         with evaluating(model):
             out = first_tensor(model(x))
     except Exception as err:
-        raise ValueError(f"the model fails on a batch of {data.name} images {list(x.shape)}: "
+        raise ValueError(f"the model fails on a batch of {data.name} inputs {list(x.shape)}: "
                          f"{type(err).__name__}: {err}") from err  # fmt: skip
-    if tuple(out.shape) != (len(x), data.num_classes):
+    classes = data.num_classes if data.task.name == "classification" else None
+    if classes is not None and tuple(out.shape) != (len(x), classes):
         raise ValueError(f"the model gives {list(out.shape)} for a batch of {len(x)} "
-                         f"{data.name} images; expected [{len(x)}, {data.num_classes}], one "
+                         f"{data.name} inputs; expected [{len(x)}, {classes}], one "
                          "score per class")  # fmt: skip
+    try:
+        data.task.check(out, y)
+    except ValueError as err:
+        raise ValueError(f"the model's outputs do not fit {data.name}'s targets: {err}") from err
 
 
 def load_study_data(config: StudyConfig, options: RunOptions, device: torch.device) -> Dataset:
@@ -105,14 +113,7 @@ def load_study_data(config: StudyConfig, options: RunOptions, device: torch.devi
         train_limit=config.train_limit,
         download=options.download,
     )
-    return _to_device(data, device)
-
-
-def _to_device(data: Dataset, device: torch.device) -> Dataset:
-    def move(split: Split) -> Split:
-        return Split(split.x.to(device), split.y.to(device))
-
-    return replace(data, train=move(data.train), val=move(data.val), test=move(data.test))
+    return replace(data, task=TASKS[config.task]).to(device)
 
 
 def _base_model(
@@ -132,7 +133,7 @@ def _base_model(
     need_training = not (weights.exists() and record.exists())
     if not need_training:
         try:
-            dense = json.loads(record.read_text())
+            dense = renamed(json.loads(record.read_text()))
         except Exception as err:  # a damaged file must not take a traceback with it
             raise DataError(f"cannot read {record} ({err}); delete it to retrain") from err
         if dense.get("data") not in (None, data.fingerprint):  # (older runs: not recorded)
@@ -154,23 +155,25 @@ def _base_model(
             trainee = build_model(fitted(config, data), seed=config.seed).to(device)
         snapshot = _Snapshot(config.schedule.rewind_steps, trainee)
         history = train(trainee, data.train, data.val, config.train, seed=config.seed,
-                        after_step=snapshot, desc="dense")  # fmt: skip
+                        after_step=snapshot, desc="dense", task=data.task)  # fmt: skip
         save_state_dict(snapshot.model, rewind_path)
         if need_training:
-            test, val = evaluate(model, data.test), evaluate(model, data.val)
+            test = evaluate(model, data.test, task=data.task)
+            val = evaluate(model, data.val, task=data.task)
             dense = {
                 "base_id": base_id,
                 "data": data.fingerprint,
                 "data_source": data.source,
-                "test_accuracy": test.accuracy,
+                "test_metric": test.metric,
                 "test_loss": test.loss,
-                "val_accuracy": val.accuracy,
+                "val_metric": val.metric,
                 "val_loss": val.loss,
                 "history": [asdict(r) for r in history],
             }
             save_state_dict(model, weights)
             atomic_write_text(record, json.dumps(dense, indent=1))
-            tqdm.write(f"dense model: test accuracy {test.accuracy:.4f} (saved to {weights})")
+            tqdm.write(f"dense model: test {data.task.metric.name} {test.metric:.4f} (saved to "
+                       f"{weights})")  # fmt: skip
     state = {name: t.clone() for name, t in model.state_dict().items()}
     rewind = None
     if rewinding:

@@ -1,7 +1,7 @@
 """The pruning budget: the largest k whose pruned network stays within a tolerance
-of the dense model's validation accuracy, found by bracketing and bisection.
+of the dense model's validation metric, found by bracketing and bisection.
 
-The search assumes accuracy falls as k grows (true of every curve we measured,
+The search assumes the metric worsens as k grows (true of every curve we measured,
 up to noise smaller than typical tolerances); each probe is one pruned and
 fine-tuned network. Two front ends share it: ``budget_study`` for the built-in
 models and datasets (probes are study cells, stored and reused), and
@@ -14,25 +14,27 @@ import copy
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from prunelab.answer import DEFAULT_MAX_DROP, points
+from prunelab.answer import DEFAULT_MAX_DROP
 from prunelab.bases import BaseModels, load_study_data, resolve_device
 from prunelab.compact import CompactionError, compact
-from prunelab.data import Dataset, Split, calibration_batches
+from prunelab.data import Dataset
 from prunelab.export import compacted_config, load_sparse, save_sparse
-from prunelab.models import evaluating
+from prunelab.models import evaluating, first_tensor
 from prunelab.options import Setting, apply, settings_of
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod
 from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.method import STRUCTURES, file_safe
 from prunelab.rundir import RunLock
-from prunelab.schedules import SCHEDULES, Job, Schedule, run_schedule
+from prunelab.schedules import SCHEDULES, DenseRun, Job, Schedule, run_schedule
+from prunelab.splits import StreamSplit
 from prunelab.storage import atomic_write_text
 from prunelab.study import run_cell
 from prunelab.study_config import (
@@ -43,6 +45,7 @@ from prunelab.study_config import (
     start_settings,
     study_settings,
 )
+from prunelab.tasks import METRICS, Metric, Task, task_of
 from prunelab.train import TrainConfig, evaluate
 
 K_MAX = 0.995  # the bracket stops here: a network needs something left
@@ -67,7 +70,8 @@ class Search:
                   "choices": lambda: SCHEDULES, "what": "schedule"},
     )  # fmt: skip
     max_drop: float = field(
-        default=DEFAULT_MAX_DROP, metadata={"help": "tolerated drop in accuracy points"}
+        default=DEFAULT_MAX_DROP,
+        metadata={"help": "tolerated worsening of the metric, in its units (accuracy: points)"},
     )
     resolution: float = field(
         default=DEFAULT_RESOLUTION, metadata={"help": "resolution of k (0.005: half a point)"}
@@ -91,30 +95,31 @@ def budget_settings() -> list[Setting]:
 
 @dataclass(frozen=True)
 class Probe:
-    """One evaluated k: accuracy on validation (which decides) and test (reported)."""
+    """One evaluated k: the metric on validation (which decides) and test (reported)."""
 
     k: float
-    val_accuracy: float
-    test_accuracy: float | None = None
+    val_metric: float
+    test_metric: float | None = None
 
 
 @dataclass
 class BudgetAnswer:
     method: str
     schedule: str
-    max_drop: float  # accuracy points
+    max_drop: float  # in the metric's units (accuracy: points)
     k: float  # 0.0: nothing can be removed within the tolerance
-    dense_val_accuracy: float
-    dense_test_accuracy: float | None
-    val_accuracy: float  # at k (the dense model's when k = 0)
-    test_accuracy: float | None
+    dense_val_metric: float
+    dense_test_metric: float | None
+    val_metric: float  # at k (the dense model's when k = 0)
+    test_metric: float | None
     probes: list[Probe] = field(default_factory=list)
     model_file: str | None = None  # where budget_study saved the pruned model
+    metric: str = "accuracy"  # of prunelab.tasks.METRICS
 
     @classmethod
     def of(
         cls, method: str, schedule: str, max_drop: float, best: Probe | None,
-        probes: list[Probe], dense_val: float, dense_test: float | None,
+        probes: list[Probe], dense_val: float, dense_test: float | None, metric: str,
     ) -> BudgetAnswer:  # fmt: skip
         """The answer of a search: its best probe, or the dense model's figures (k = 0)."""
         return cls(
@@ -122,63 +127,59 @@ class BudgetAnswer:
             schedule=schedule,
             max_drop=max_drop,
             k=best.k if best else 0.0,
-            dense_val_accuracy=dense_val,
-            dense_test_accuracy=dense_test,
-            val_accuracy=best.val_accuracy if best else dense_val,
-            test_accuracy=best.test_accuracy if best else dense_test,
+            dense_val_metric=dense_val,
+            dense_test_metric=dense_test,
+            val_metric=best.val_metric if best else dense_val,
+            test_metric=best.test_metric if best else dense_test,
             probes=probes,
+            metric=metric,
         )
 
     @property
     def sentence(self) -> str:
+        m = METRICS[self.metric]
         structure = PruneMethod.parse(self.method).structure
         what = "hidden units" if structure == "unit" else "weights"
-        which = "test" if self.test_accuracy is not None else "validation"
-        mine = self.test_accuracy if self.test_accuracy is not None else self.val_accuracy
-        dense = self.dense_test_accuracy if self.test_accuracy is not None else None
-        dense = dense if dense is not None else self.dense_val_accuracy
+        which = "test" if self.test_metric is not None else "validation"
+        mine = self.test_metric if self.test_metric is not None else self.val_metric
+        dense = self.dense_test_metric if self.test_metric is not None else None
+        dense = dense if dense is not None else self.dense_val_metric
         how = f"{self.method} ({self.schedule})"
         if self.k == 0:
             lowest = min(self.probes, key=lambda p: p.k)
             return (
-                f"{how}: nothing can be removed within {points(self.max_drop)} of dense "
-                f"accuracy; even k = {lowest.k:g} gives {100 * lowest.val_accuracy:.2f}% on "
-                f"validation vs {100 * self.dense_val_accuracy:.2f}% dense."
+                f"{how}: nothing can be removed within {m.tolerance(self.max_drop)} of dense "
+                f"{m.name}; even k = {lowest.k:g} gives {m.show(lowest.val_metric)} on "
+                f"validation vs {m.show(self.dense_val_metric)} dense."
             )
         return (
-            f"{how}: up to {100 * self.k:.2f}% of the {what} can be removed, {which} accuracy "
-            f"{100 * mine:.2f}% vs {100 * dense:.2f}% dense."
-        )
-
-
-def check_max_drop(max_drop: float) -> None:
-    if not 0 <= max_drop < 50:
-        raise ValueError(
-            f"`max_drop` is a tolerance in accuracy points, from 0 to under 50; got {max_drop:g}"
+            f"{how}: up to {100 * self.k:.2f}% of the {what} can be removed, {which} {m.name} "
+            f"{m.show(mine)} vs {m.show(dense)} dense."
         )
 
 
 def search(
     probe: Callable[[float], Probe],
-    dense_val_accuracy: float,
+    dense_val: float,
     max_drop: float,
     resolution: float = DEFAULT_RESOLUTION,
+    metric: Metric = METRICS["accuracy"],
 ) -> tuple[Probe | None, list[Probe]]:
-    """The largest k (to ``resolution``) whose probe stays within ``max_drop`` points.
+    """The largest k (to ``resolution``) whose probe's validation metric is worse than
+    ``dense_val`` by at most ``max_drop`` (in the metric's direction and units).
 
     Bracket: k = 0.5, then halve the kept fraction (0.75, 0.875, ...) while within the
     tolerance, up to ``K_MAX``; then bisect between the last k within and the first
     outside. Returns (the best probe, or None if no k is within; every probe made).
     """
-    check_max_drop(max_drop)
+    metric.check_tolerance(max_drop)
     if not 0 < resolution < 0.5:
         raise ValueError(f"resolution must be in (0, 0.5), got {resolution}")
-    floor = dense_val_accuracy - max_drop / 100
     probes: list[Probe] = []
 
     def within(k: float) -> bool:
         probes.append(probe(k))
-        return probes[-1].val_accuracy >= floor
+        return metric.within(probes[-1].val_metric, dense_val, max_drop)
 
     low, high, best, k = 0.0, None, None, 0.5
     while high is None:
@@ -198,22 +199,19 @@ def search(
     return best, probes
 
 
-def _materialise(batches: Iterable, device: torch.device) -> Split:
-    """A loader's (input, label) batches as one in-memory split."""
-    xs, ys = [], []
-    for batch in batches:
-        x, y = batch[0], batch[1]
-        xs.append(x)
-        ys.append(y)
-    if not xs:
-        raise ValueError("a data loader gave no batches")
-    return Split(torch.cat(xs).to(device), torch.cat(ys).long().to(device))
-
-
 @dataclass
 class BudgetResult:
     answer: BudgetAnswer
     model: nn.Module  # the pruned, fine-tuned model at answer.k (the dense copy if k = 0)
+
+
+@dataclass(frozen=True)
+class Rewind:
+    """What the lottery schedule needs of a model's dense training: its weights early
+    in it (``rewind_steps`` in), and the recipe it was trained with."""
+
+    state: dict
+    train: TrainConfig
 
 
 def find_budget(
@@ -230,61 +228,86 @@ def find_budget(
     resolution: float = DEFAULT_RESOLUTION,
     calibration_size: int = 1024,
     seed: int = 0,
+    task: str | Task = "classification",
+    rewind: Rewind | None = None,
 ) -> BudgetResult:
-    """How much of ``model`` (trained) can be pruned within ``max_drop`` accuracy points?
+    """How much of ``model`` (trained) can be pruned within ``max_drop`` of its metric?
 
-    The loaders yield (input, label) batches; they are read once into memory. Each
-    probe prunes a copy of ``model`` by ``structure:criterion`` at k, brings it there
-    by ``schedule`` (oneshot, iterative or gradual) with ``finetune``, and measures
-    validation accuracy. ``model`` itself is left untouched.
+    The loaders (``DataLoader``s, torch ``Dataset``s or lists of (input, target)
+    batches) are read batch by batch, never held whole. ``task`` gives the loss and
+    the metric (classification: accuracy, ``max_drop`` in points; language-model:
+    perplexity, lower is better). Each probe prunes a copy of ``model`` by
+    ``structure:criterion`` at k, brings it there by ``schedule`` with ``finetune``,
+    and measures the validation metric. The lottery schedule needs ``rewind``: the
+    weights early in the model's dense training and how it was trained. ``model``
+    itself is left untouched.
     """
-    check_max_drop(max_drop)
+    task = task_of(task)
+    task.metric.check_tolerance(max_drop)
     method = PruneMethod(structure, criterion)
     schedule_config = Schedule(schedule)
+    dense_run = None
     if SCHEDULES[schedule].rewinds:
-        raise ValueError(
-            f"the {schedule} schedule needs the dense training run; use prunelab study"
-        )
+        if rewind is None:
+            raise ValueError(f"the {schedule} schedule rewinds to early dense weights: "
+                             "give rewind=Rewind(state, train_config)")  # fmt: skip
+        dense_run = DenseRun(rewind.state, rewind.train, partial(_reinitialised, model))
     finetune = finetune or TrainConfig(epochs=1)
-    data = _in_memory(model, train_loader, val_loader, test_loader)
-    train_split, val_split = data.train, data.val
+    data = _streamed(model, train_loader, val_loader, test_loader, task)
     test_split = data.test if test_loader is not None else None
-    batches = calibration_batches(train_split, calibration_size, seed)
-    dense_val = evaluate(model, val_split).accuracy
-    dense_test = evaluate(model, test_split).accuracy if test_split is not None else None
+    batches = data.train.sample(calibration_size, seed)
+    dense_val = evaluate(model, data.val, task=task).metric
+    dense_test = evaluate(model, test_split, task=task).metric if test_split is not None else None
     models: dict[float, nn.Module] = {}
 
     def probe(k: float) -> Probe:
         pruned = copy.deepcopy(model)
         job = Job(method, k, data, finetune, batches, include_last=False, seed=seed)
-        run_schedule(schedule_config, pruned, job)
+        run_schedule(schedule_config, pruned, job, dense_run)
         models[k] = pruned
-        test = evaluate(pruned, test_split).accuracy if test_split is not None else None
-        return Probe(k, evaluate(pruned, val_split).accuracy, test)
+        test = evaluate(pruned, test_split, task=task).metric if test_split is not None else None
+        return Probe(k, evaluate(pruned, data.val, task=task).metric, test)
 
-    best, probes = search(probe, dense_val, max_drop, resolution)
+    best, probes = search(probe, dense_val, max_drop, resolution, task.metric)
     chosen = models[best.k] if best is not None else copy.deepcopy(model)
-    answer = BudgetAnswer.of(method.name, schedule, max_drop, best, probes, dense_val, dense_test)
+    answer = BudgetAnswer.of(method.name, schedule, max_drop, best, probes, dense_val,
+                             dense_test, task.metric.name)  # fmt: skip
     return BudgetResult(answer, chosen)
 
 
-def _in_memory(
-    model: nn.Module, train_loader: Iterable, val_loader: Iterable, test_loader: Iterable | None
+def _reinitialised(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``model`` with every layer's parameters drawn afresh from ``seed``: the
+    lottery's control."""
+    fresh = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in fresh.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return fresh
+
+
+def _streamed(
+    model: nn.Module, train: Iterable, val: Iterable, test: Iterable | None, task: Task
 ) -> Dataset:
-    """The loaders' batches on the model's device (validation standing in for a missing
-    test set), checked against the model's outputs."""
+    """The loaders as splits read on the model's device (validation standing in for a
+    missing test set), checked against the model's outputs on a first batch."""
     device = next(model.parameters()).device
-    train, val = _materialise(train_loader, device), _materialise(val_loader, device)
-    test = _materialise(test_loader, device) if test_loader is not None else val
+    splits = [
+        StreamSplit(source, device) for source in (train, val, test if test is not None else val)
+    ]
+    try:
+        x, y = next(iter(splits[0].batches(2)))
+    except StopIteration:
+        raise ValueError("the training data gave no batches") from None
     try:
         with torch.no_grad(), evaluating(model):
-            num_classes = model(train.x[:2]).shape[-1]
+            output = first_tensor(model(x))
     except Exception as err:
         raise ValueError(f"the model's forward fails on the training data: {err}") from err
-    if int(train.y.max()) >= num_classes:
-        raise ValueError(f"labels go up to {int(train.y.max())}, the model has "
-                         f"{num_classes} outputs")  # fmt: skip
-    return Dataset("custom", "loaders", train, val, test, num_classes=num_classes)
+    task.check(output, y)
+    classes = output.shape[-1] if task.name == "classification" else None
+    return Dataset("custom", "loaders", *splits, num_classes=classes, task=task)
 
 
 def budget_values(values: Mapping[str, Any]) -> tuple[StudyConfig, RunOptions, Search]:
@@ -317,7 +340,7 @@ def budget_study(
     ``budget.json`` and, per answer, the pruned model (compacted for units,
     sparse for weights) into ``options.out``.
     """
-    check_max_drop(max_drop)
+    config.metric.check_tolerance(max_drop)
     methods = [PruneMethod(structure, criterion) for criterion in criteria]
     plans = [(m, replace(config.schedule, name=name)) for m in methods for name in schedules]
     paths = RunPaths(Path(options.out))
@@ -342,11 +365,12 @@ def _search_all(
 
         def probe(k: float, cell_config=cell_config, method=method) -> Probe:
             final = run_cell(cell_config, method, k, bases)["results"][1]
-            return Probe(k, final["val_accuracy"], final["test_accuracy"])
+            return Probe(k, final["val_metric"], final["test_metric"])
 
-        best, probes = search(probe, dense["val_accuracy"], max_drop, resolution)
+        best, probes = search(probe, dense["val_metric"], max_drop, resolution, config.metric)
         answer = BudgetAnswer.of(method.name, schedule.name, max_drop, best, probes,
-                                 dense["val_accuracy"], dense["test_accuracy"])  # fmt: skip
+                                 dense["val_metric"], dense["test_metric"],
+                                 config.metric.name)  # fmt: skip
         if best is not None:
             answer.model_file = _save_answer_model(paths, cell_config, method, best.k)
         answers.append(answer)
@@ -373,8 +397,8 @@ def _save_answer_model(paths: RunPaths, config: StudyConfig, method: PruneMethod
 def answers_table(answers: list[BudgetAnswer]) -> str:
     lines = [f"{'method':>18} {'schedule':>10} {'k':>7} {'val':>7} {'test':>7} {'dense':>7} probes"]
     for a in answers:
-        test = f"{a.test_accuracy:.4f}" if a.test_accuracy is not None else "-"
-        dense = a.dense_test_accuracy if a.dense_test_accuracy is not None else a.dense_val_accuracy
-        lines.append(f"{a.method:>18} {a.schedule:>10} {a.k:>7.4f} {a.val_accuracy:>7.4f} "
+        test = f"{a.test_metric:.4f}" if a.test_metric is not None else "-"
+        dense = a.dense_test_metric if a.dense_test_metric is not None else a.dense_val_metric
+        lines.append(f"{a.method:>18} {a.schedule:>10} {a.k:>7.4f} {a.val_metric:>7.4f} "
                      f"{test:>7} {dense:>7.4f} {len(a.probes)}")  # fmt: skip
     return "\n".join(lines)

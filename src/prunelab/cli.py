@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from prunelab import __version__
-from prunelab.answer import DEFAULT_MAX_DROP, points
+from prunelab.answer import DEFAULT_MAX_DROP
 from prunelab.budget import answers_table, budget_settings, budget_study, budget_values
 from prunelab.data import DataError
 from prunelab.export import EXPORT_FORMS, export_cell
@@ -26,6 +26,7 @@ from prunelab.rundir import holder
 from prunelab.study import CellsFailedError, run_study
 from prunelab.study_config import cell_states, every_setting, from_values, open_run
 from prunelab.sweep import read_sweep, sweep_studies
+from prunelab.tasks import METRICS
 from prunelab.train import fast_cpu_math
 
 
@@ -76,7 +77,7 @@ def study(args: argparse.Namespace) -> int:
             print(f"study {i} of {len(runs)}: {names} -> {options.out}")
         result = run_study(config, options)
         html_path, _ = write_report(result.paths.root)
-        print(summary_table(result.results, result.dense))
+        print(summary_table(result.results, result.dense, config.metric.name))
         print(f"results: {result.paths.results}\nfigures: {result.paths.figures}\n"
               f"report: {html_path}")  # fmt: skip
         worst = max(worst, _report_failures(result.failures))
@@ -103,14 +104,14 @@ def _report_failures(failures: list[dict]) -> int:
 
 
 def budget(args: argparse.Namespace) -> int:
-    """find the largest k within a tolerance of dense accuracy
+    """find the largest k within a tolerance of the dense metric
 
     For each criterion and schedule, find the largest fraction k of weights or units
-    that can be pruned while validation accuracy stays within --max-drop points of the
-    dense model's, by bracketing (k = 0.5, 0.75, 0.875, ...) and bisection to
-    --resolution. Prints the answer on the test set, writes budget.json and the pruned
-    model of each answer into the run directory. Probes are study cells: the base
-    model and finished probes are reused.
+    that can be pruned while the validation metric stays within --max-drop of the
+    dense model's (accuracy: in points; perplexity: lower is better), by bracketing
+    (k = 0.5, 0.75, 0.875, ...) and bisection to --resolution. Prints the answer on the
+    test set, writes budget.json and the pruned model of each answer into the run
+    directory. Probes are study cells: the base model and finished probes are reused.
     """
     config, options, search = budget_values(_given(args, budget_settings()))
     answers = budget_study(config, options, **asdict(search))
@@ -130,7 +131,7 @@ def export(args: argparse.Namespace) -> int:
     only non-zero weights (CSR, uint8 column gaps, safetensors); 'compact' removes
     pruned units and stores a smaller dense model; 'onnx' writes the compacted model as
     ONNX (needs prunelab[onnx]). The file is reloaded and its size, parameter count and
-    test accuracy printed.
+    test metric (classification: accuracy) printed.
     """
     dtype = torch.float16 if args.dtype == "float16" else torch.float32
     result = export_cell(
@@ -138,7 +139,7 @@ def export(args: argparse.Namespace) -> int:
         codebook_bits=args.codebook, data_dir=args.data_dir,
     )  # fmt: skip
     print(f"{result.path}: {result.bytes:,} bytes, {result.params:,} non-zero parameters, "
-          f"test accuracy {result.test_accuracy:.4f}")  # fmt: skip
+          f"test {result.metric} {result.test_metric:.4f}")  # fmt: skip
     return 0
 
 
@@ -162,7 +163,7 @@ def report(args: argparse.Namespace) -> int:
 
     Write RUN_DIR/report.html (one self-contained file, figures embedded) and
     RUN_DIR/report.md from a study's run directory: its configuration, the largest k
-    per method within {max_drop} of dense validation accuracy (with its test accuracy),
+    per method within {max_drop} of the dense validation metric (with its test metric),
     the figures and the results table, and RUN_DIR/answers.json. prunelab study writes
     them at the end of every run.
     """
@@ -213,7 +214,8 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     commands = {}
     for name, (run, add_arguments) in COMMANDS.items():
         line, _, text = (inspect.getdoc(run) or "").partition("\n\n")  # none under -OO
-        description = " ".join(text.split()).replace("{max_drop}", points(DEFAULT_MAX_DROP))
+        tolerance = METRICS["accuracy"].tolerance(DEFAULT_MAX_DROP)
+        description = " ".join(text.split()).replace("{max_drop}", tolerance)
         commands[name] = sub.add_parser(name, help=line, description=description)
         add_arguments(commands[name])
     return p, commands

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,8 @@ import torch
 
 from prunelab.idx import IDXError, read_idx
 from prunelab.options import check_choice
+from prunelab.splits import AnySplit, Split
+from prunelab.tasks import TASKS, Task
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -130,37 +132,36 @@ class DataError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Split:
-    x: torch.Tensor  # float32 [N, C, H, W] in [0, 1]
-    y: torch.Tensor  # int64 [N]
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-
-@dataclass(frozen=True)
 class Dataset:
     name: str
     source: str
-    train: Split
-    val: Split
-    test: Split
-    num_classes: int = 10
+    train: AnySplit
+    val: AnySplit
+    test: AnySplit
+    num_classes: int | None = 10  # None: not a classification, or not known
+    digest: str | None = None  # the fingerprint of data that is not held in memory
+    task: Task = TASKS["classification"]  # the loss trained on and the metric measured
 
-    @property
+    @functools.cached_property
     def shape(self) -> tuple[int, ...]:
-        """Of one image: channels, height, width."""
-        return tuple(self.train.x.shape[1:])
+        """Of one input, e.g. an image's channels, height and width."""
+        return tuple(self.train.head(1).shape[1:])
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """SHA-256 of every image and label, split by split: what a stored dense model
+        """SHA-256 of every input and target, split by split: what a stored dense model
         was trained on, whichever folder it came from (computed once)."""
+        if self.digest is not None:
+            return self.digest
         digest = hashlib.sha256()
         for split in (self.train, self.val, self.test):
             for tensor in (split.x, split.y):
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return "sha256:" + digest.hexdigest()
+
+    def to(self, device: torch.device) -> Dataset:
+        return replace(self, train=self.train.to(device), val=self.val.to(device),
+                       test=self.test.to(device))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -357,15 +358,3 @@ def download_checked(url: str, target: Path, md5: str) -> Path:
             if os.path.exists(tmp.name):
                 os.unlink(tmp.name)
     return target
-
-
-def calibration_batches(
-    split: Split, size: int, seed: int, batch_size: int = 256
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``size`` training examples in a seeded random order, as (input, label) batches."""
-    generator = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(split), generator=generator)[:size].to(split.x.device)
-    return [
-        (split.x[idx[i : i + batch_size]], split.y[idx[i : i + batch_size]])
-        for i in range(0, len(idx), batch_size)
-    ]

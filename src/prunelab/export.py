@@ -34,9 +34,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
+from prunelab.bases import load_study_data
 from prunelab.compact import CompactionError, compact
 from prunelab.config import from_dict, to_dict
-from prunelab.data import load_dataset
 from prunelab.factories import is_factory
 from prunelab.metrics import nonzero_parameters
 from prunelab.models import ModelConfig, build_model, is_chain
@@ -44,7 +44,7 @@ from prunelab.options import check_choice
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod
 from prunelab.storage import atomic_write_bytes, state_dict_bytes
-from prunelab.study_config import StudyConfig, open_run
+from prunelab.study_config import RunOptions, StudyConfig, open_run
 from prunelab.train import evaluate
 
 FORMAT = "prunelab-sparse-1"
@@ -291,7 +291,8 @@ class Exported:
     path: Path
     bytes: int
     params: int
-    test_accuracy: float
+    test_metric: float
+    metric: str = "accuracy"  # the task's, of prunelab.tasks.METRICS
 
 
 def _finished_cell(paths: RunPaths, config: StudyConfig, method: str, k: float) -> Path:
@@ -327,7 +328,7 @@ def export_cell(
     ``form`` "sparse" keeps only non-zero weights; "compact" removes pruned units
     and stores a smaller dense model; "onnx" writes the compacted model as ONNX
     (run by onnxruntime). The file is reloaded and evaluated on the test set, so
-    the accuracy reported is that of what was written. ``codebook_bits`` shares
+    the metric reported is that of what was written. ``codebook_bits`` shares
     the sparse form's values through a per-layer k-means codebook.
     """
     check_choice("format", form, EXPORT_FORMS)
@@ -335,9 +336,7 @@ def export_cell(
         raise ValueError("a codebook applies to the sparse format only")
     paths, config = open_run(run_dir)
     model, model_config = load_sparse(_finished_cell(paths, config, method, k))
-    data = load_dataset(
-        config.dataset, data_dir=data_dir, val_size=config.val_size, train_limit=config.train_limit
-    )
+    data = load_study_data(config, RunOptions(data_dir=data_dir), torch.device("cpu"))
     chain = is_chain(model)
     if form == "compact" and not chain:
         raise ValueError(
@@ -354,11 +353,11 @@ def export_cell(
         written, _ = load_sparse(out)
         runner = written
     else:
-        written = compact(model, data.test.x[:2])
-        size = save_onnx(written, out, data.test.x[:1])
+        written = compact(model, data.test.head(2))
+        size = save_onnx(written, out, data.test.head(1))
         runner = OnnxModel(out)
-    accuracy = evaluate(runner, data.test).accuracy
-    return Exported(Path(out), size, nonzero_parameters(written), accuracy)
+    metric = evaluate(runner, data.test, task=data.task).metric
+    return Exported(Path(out), size, nonzero_parameters(written), metric, config.metric.name)
 
 
 EXPORT_FORMS = ("sparse", "compact", "onnx")

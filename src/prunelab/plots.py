@@ -1,5 +1,6 @@
 """The study's figures, drawn from its results rows: measured points joined by
-straight lines (no curve fitting), accuracy on a [0, 1] axis.
+straight lines (no curve fitting), accuracy on a [0, 1] axis, a loss or a perplexity on
+a log axis.
 
 Figures are built as ``matplotlib.figure.Figure`` objects, so importing this module
 leaves pyplot and its backend alone."""
@@ -14,6 +15,7 @@ from matplotlib.figure import Figure
 
 from prunelab.prune.method import file_safe
 from prunelab.results import mean, std
+from prunelab.tasks import Metric
 
 PHASE_STYLE = {
     "oneshot": ("--", "one-shot"),
@@ -32,12 +34,15 @@ def _save(fig, stem: Path) -> list[Path]:
     return written
 
 
-def metric_vs_k(results: list[dict], dense: dict, metric: str, stem: Path) -> list[Path]:
-    """``metric`` ('accuracy' or 'loss') on the test set against k, every method on one
-    axes. Over several seeds: the mean, and a band of one standard deviation."""
+def metric_vs_k(
+    results: list[dict], dense: dict, column: str, name: str, stem: Path, *, unit_range: bool
+) -> list[Path]:
+    """The ``column`` ('metric' or 'loss') of the test set against k, every method on one
+    axes, labelled ``name``; on [0, 1] for ``unit_range``, else on a log axis for positive
+    values. Over several seeds: the mean, and a band of one standard deviation."""
     series: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in results:
-        series[(row["method"], row["phase"])][row["k"]].append(row[f"test_{metric}"])
+        series[(row["method"], row["phase"])][row["k"]].append(row[f"test_{column}"])
     methods = list(dict.fromkeys(method for method, _ in series))
     colors = {m: f"C{i}" for i, m in enumerate(methods)}
     fig = Figure(figsize=(7, 4.5))
@@ -53,25 +58,25 @@ def metric_vs_k(results: list[dict], dense: dict, metric: str, stem: Path) -> li
             low = [m - s for m, s in zip(means, spread, strict=True)]
             high = [m + s for m, s in zip(means, spread, strict=True)]
             ax.fill_between(x, low, high, color=colors[method], alpha=0.15, linewidth=0)
-    ax.axhline(dense[f"test_{metric}"], color="grey", linestyle=":", label="dense")
+    ax.axhline(dense[f"test_{column}"], color="grey", linestyle=":", label="dense")
     ax.set_xlabel("k: fraction of weights or units pruned (%)")
-    ax.set_ylabel(f"test {metric}")
-    if metric == "accuracy":
+    ax.set_ylabel(f"test {name}")
+    if unit_range:
         ax.set_ylim(0, 1)
-    else:
+    elif all(v > 0 for by_k in series.values() for vs in by_k.values() for v in vs):
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(f"Test {metric} after pruning")
+    ax.set_title(f"Test {name} after pruning")
     return _save(fig, stem)
 
 
-def accuracy_per_epoch(epochs: list[dict], method: str, stem: Path) -> list[Path]:
-    """Validation accuracy through fine-tuning, one line per k (epoch 0: just pruned)."""
+def metric_per_epoch(epochs: list[dict], method: str, metric: Metric, stem: Path) -> list[Path]:
+    """The validation metric through fine-tuning, one line per k (epoch 0: just pruned)."""
     series: dict[float, list[tuple[int, float]]] = defaultdict(list)
     for row in epochs:
         if row["method"] == method:
-            series[row["k"]].append((row["epoch"], row["val_accuracy"]))
+            series[row["k"]].append((row["epoch"], row["val_metric"]))
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     cmap = matplotlib.colormaps["viridis"]
@@ -85,8 +90,9 @@ def accuracy_per_epoch(epochs: list[dict], method: str, stem: Path) -> list[Path
             label=f"k = {k:g}",
         )
     ax.set_xlabel("fine-tuning epoch (0 = right after pruning)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"validation {metric.name}")
+    if metric.percent:
+        ax.set_ylim(0, 1)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -119,9 +125,12 @@ def deployment_vs_k(
     return _save(fig, stem)
 
 
-def study_figures(results: list[dict], epochs: list[dict], dense: dict, folder: Path) -> list[Path]:
-    written = metric_vs_k(results, dense, "accuracy", folder / "accuracy_vs_k")
-    written += metric_vs_k(results, dense, "loss", folder / "loss_vs_k")
+def study_figures(
+    results: list[dict], epochs: list[dict], dense: dict, folder: Path, metric: Metric
+) -> list[Path]:
+    written = metric_vs_k(results, dense, "metric", metric.name, folder / f"{metric.name}_vs_k",
+                          unit_range=metric.percent)  # fmt: skip
+    written += metric_vs_k(results, dense, "loss", "loss", folder / "loss_vs_k", unit_range=False)
     # size, latency and epochs: the first seed's (the others would draw over it)
     first = min(row["seed"] for row in results)
     results = [row for row in results if row["seed"] == first]
@@ -143,5 +152,5 @@ def study_figures(results: list[dict], epochs: list[dict], dense: dict, folder: 
         folder / "latency_vs_k",
     )
     for method in dict.fromkeys(row["method"] for row in results):
-        written += accuracy_per_epoch(epochs, method, folder / f"epochs_{file_safe(method)}")
+        written += metric_per_epoch(epochs, method, metric, folder / f"epochs_{file_safe(method)}")
     return written

@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prunelab.answer import DEFAULT_MAX_DROP, Answer, answer, points
+from prunelab.answer import DEFAULT_MAX_DROP, Answer, answer
 from prunelab.paths import RunPaths
 from prunelab.provenance import describe
 from prunelab.prune import PruneMethod
@@ -24,6 +24,7 @@ from prunelab.results import mean_dense, read_results
 from prunelab.schedules import describe_schedule
 from prunelab.storage import atomic_write_text
 from prunelab.study_config import StudyConfig, open_run, study_cells
+from prunelab.tasks import METRICS, Metric
 
 STRUCTURE_TEXT = {
     "weight": "single weights are set to zero (the layers keep their shape)",
@@ -43,16 +44,17 @@ RESULT_COLUMNS = (
     ("phase", "phase"),
     ("sparsity", "weights zero"),
     ("units_removed", "units removed"),
-    ("test_accuracy", "test accuracy"),
+    ("test_metric", "test {metric}"),
     ("test_loss", "test loss"),
-    ("val_accuracy", "val accuracy"),
+    ("val_metric", "val {metric}"),
     ("params", "non-zero params"),
     ("bytes_sparse", "sparse file (bytes)"),
     ("flops", "FLOPs per sample"),
     ("latency_ms_b1", "ms, batch 1"),
     ("latency_ms_b256", "ms, batch 256"),
 )
-PERCENT = {"sparsity", "units_removed", "test_accuracy", "val_accuracy"}
+PERCENT = {"sparsity", "units_removed"}
+METRIC_COLUMNS = {"test_metric", "val_metric"}
 
 
 @dataclass(frozen=True)
@@ -76,14 +78,17 @@ class Report:
     title: str
     what: list[str]
     answers: list[Answer]
+    rule: str  # how the answers were chosen
     config: list[tuple[str, str]]
     figures: list[FigureEntry]
     tables: list[Table]
 
 
-def format_value(column: str, value) -> str:
+def format_value(column: str, value, metric: Metric = METRICS["accuracy"]) -> str:
     if value == "" or value is None:
         return ""
+    if column in METRIC_COLUMNS:
+        return metric.show(value)
     if column in PERCENT:
         return f"{100 * value:.2f}%"
     if column in ("k", "seed"):
@@ -111,7 +116,7 @@ def _describe_methods(config: StudyConfig) -> list[str]:
 def _describe_config(
     config: StudyConfig, dense: dict, provenance: list[str]
 ) -> list[tuple[str, str]]:
-    model = config.model
+    model, metric = config.model, config.metric
     sizes = ", ".join(str(size) for size in model.sizes)
     train, tune = config.train, config.finetune
     data = config.dataset + (
@@ -131,8 +136,9 @@ def _describe_config(
         ),
         (
             "dense model",
-            f"test accuracy {100 * dense['test_accuracy']:.2f}%, loss {dense['test_loss']:.4f}; "
-            f"validation accuracy {100 * dense['val_accuracy']:.2f}%"
+            f"test {metric.name} {metric.show(dense['test_metric'])}, loss "
+            f"{dense['test_loss']:.4f}; validation {metric.name} "
+            f"{metric.show(dense['val_metric'])}"
             + (f" (mean of {config.seeds} seeds)" if config.seeds > 1 else ""),
         ),
         (
@@ -149,13 +155,14 @@ def _describe_config(
     ]
 
 
-def _figures(folder: Path, methods: list[str]) -> list[FigureEntry]:
+def _figures(folder: Path, methods: list[str], metric: Metric) -> list[FigureEntry]:
     entries = [
-        FigureEntry("Accuracy vs k", "Test accuracy of each method against the fraction "
-                    "pruned, right after pruning (dashed) and after fine-tuning (solid); "
+        FigureEntry(f"{metric.name.capitalize()} vs k", f"Test {metric.name} per method "
+                    "against the fraction pruned, right after pruning (dashed) and after "
+                    "fine-tuning (solid); "
                     "the dotted line is the dense model; over several seeds, the mean with a band "
-                    "of one standard deviation.", folder / "accuracy_vs_k.png"),
-        FigureEntry("Loss vs k", "Test cross-entropy, same lines (log scale).",
+                    "of one standard deviation.", folder / f"{metric.name}_vs_k.png"),
+        FigureEntry("Loss vs k", "Test loss, same lines (log scale).",
                     folder / "loss_vs_k.png"),
         FigureEntry("Size vs k", "Non-zero parameters, bytes of the sparse file and FLOPs "
                     "per sample of the deployable form (units: the compacted network; weights: "
@@ -169,7 +176,7 @@ def _figures(folder: Path, methods: list[str]) -> list[FigureEntry]:
         entries.append(
             FigureEntry(
                 f"Fine-tuning: {method}",
-                "Validation accuracy per fine-tuning epoch, one line per k "
+                f"Validation {metric.name} per fine-tuning epoch, one line per k "
                 "(epoch 0 is the network just pruned).",
                 folder / f"epochs_{file_safe(method)}.png",
             )
@@ -193,10 +200,13 @@ def build_report(run_dir: str | Path) -> Report:
     return Report(
         title=f"Pruning {config.model.name} on {config.dataset}",
         what=_describe_methods(config),
-        answers=[answer(method, rows, dense) for method in methods],
+        answers=[answer(method, rows, dense, metric=config.metric.name) for method in methods],
+        rule=ANSWER_RULE.format(
+            metric=config.metric.name, tolerance=config.metric.tolerance(DEFAULT_MAX_DROP)
+        ),
         config=_describe_config(config, dense, _provenance(paths, config)),
-        figures=_figures(paths.figures, methods),
-        tables=_summary_tables(paths, rows) + [_results_table(rows)],
+        figures=_figures(paths.figures, methods, config.metric),
+        tables=_summary_tables(paths, rows, config.metric) + [_results_table(rows, config.metric)],
     )
 
 
@@ -213,24 +223,25 @@ def _provenance(paths: RunPaths, config: StudyConfig) -> list[str]:
     return seen or ([describe(stored)] if stored else [])
 
 
-def _results_table(rows: list[dict]) -> Table:
+def _results_table(rows: list[dict], metric: Metric) -> Table:
     present = {key for row in rows for key, value in row.items() if value != ""}
-    columns = [(key, label) for key, label in RESULT_COLUMNS if key in present]
+    columns = [(key, label.format(metric=metric.name)) for key, label in RESULT_COLUMNS
+               if key in present]  # fmt: skip
     return Table(
         "results", "Results", "Every row of results.csv.", [label for _, label in columns],
-        [[format_value(key, row[key]) for key, _ in columns] for row in rows],
+        [[format_value(key, row[key], metric) for key, _ in columns] for row in rows],
     )  # fmt: skip
 
 
-def _summary_tables(paths: RunPaths, rows: list[dict]) -> list[Table]:
+def _summary_tables(paths: RunPaths, rows: list[dict], metric: Metric) -> list[Table]:
     """Mean ± standard deviation over seeds, when there are several."""
     if len({row["seed"] for row in rows}) < 2 or not paths.summary.exists():
         return []
     summary = read_results(paths.summary)
-    header = ["method", "schedule", "k", "phase", "seeds", "test accuracy", "test loss"]
+    header = ["method", "schedule", "k", "phase", "seeds", f"test {metric.name}", "test loss"]
     body = [
         [r["method"], r["schedule"], f"{r['k']:g}", r["phase"], f"{r['seeds']:g}",
-         f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f}%",
+         f"{metric.show(r['test_metric_mean'])} ± {metric.show(r['test_metric_std'])}",
          f"{r['test_loss_mean']:.4f} ± {r['test_loss_std']:.4f}"]
         for r in summary
     ]  # fmt: skip
@@ -238,22 +249,22 @@ def _summary_tables(paths: RunPaths, rows: list[dict]) -> list[Table]:
 
 
 INTRO = (
-    "How much of a trained network can be removed before its accuracy suffers? "
+    "How much of a trained network can be removed before its performance suffers? "
     "The dense network was trained once; each method then pruned a copy of it at "
     "every k (the fraction of weights, or of hidden units, removed), the copy was "
     "evaluated on the test set, fine-tuned with the pruned entries held at zero, "
     "and evaluated again."
 )
 ANSWER_RULE = (
-    "The answer per method is the largest k of the grid whose final validation accuracy "
+    "The answer per method is the largest k of the grid whose final validation {metric} "
     "(after fine-tuning or the schedule; the mean over seeds where there are several) is "
-    f"within {points(DEFAULT_MAX_DROP)} of the dense model's (likewise averaged). k is "
-    "chosen on validation, so that the test accuracy reported at it is not selected on."
+    "within {tolerance} of the dense model's (likewise averaged). k is chosen on "
+    "validation, so that the test {metric} reported at it is not selected on."
 )
 
 
 def to_markdown(report: Report, root: Path) -> str:
-    out = [f"# {report.title}", "", INTRO, "", "## The answer", "", ANSWER_RULE, ""]
+    out = [f"# {report.title}", "", INTRO, "", "## The answer", "", report.rule, ""]
     out += [f"- {a.sentence}" for a in report.answers]
     out += ["", "## What was pruned, and how", ""] + [f"- {line}" for line in report.what]
     out += ["", "## Configuration", "", "| setting | value |", "|---|---|"]
@@ -298,7 +309,7 @@ def to_html(report: Report) -> str:
         f"<h1>{e(report.title)}</h1>",
         f"<p>{e(INTRO)}</p>",
         "<h2>The answer</h2>",
-        f"<p>{e(ANSWER_RULE)}</p>",
+        f"<p>{e(report.rule)}</p>",
         '<ul class="answer">'
         + "".join(f"<li>{e(a.sentence)}</li>" for a in report.answers)
         + "</ul>",

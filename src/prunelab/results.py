@@ -13,7 +13,7 @@ from prunelab.storage import atomic_write_text
 RESULT_COLUMNS = (
     "method", "structure", "criterion", "scope", "schedule", "seed", "k", "phase", "sparsity",
     "units_removed",
-    "test_accuracy", "test_loss", "val_accuracy", "val_loss", "seconds",
+    "test_metric", "test_loss", "val_metric", "val_loss", "seconds",
     "params", "bytes_dense", "bytes_sparse", "flops_dense", "flops", "latency_ms_b1",
     "latency_ms_b256",
 )  # fmt: skip
@@ -25,15 +25,15 @@ LAYER_COLUMNS = (
 
 
 EPOCH_COLUMNS = (
-    "method", "seed", "k", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+    "method", "seed", "k", "epoch", "train_loss", "train_metric", "val_loss", "val_metric",
     "seconds",
 )  # fmt: skip
 
 
 SUMMARY_COLUMNS = (
     "method", "schedule", "k", "phase", "seeds", "sparsity", "units_removed",
-    "test_accuracy_mean", "test_accuracy_std", "test_loss_mean", "test_loss_std",
-    "val_accuracy_mean", "val_accuracy_std",
+    "test_metric_mean", "test_metric_std", "test_loss_mean", "test_loss_std",
+    "val_metric_mean", "val_metric_std",
 )  # fmt: skip
 
 
@@ -52,7 +52,7 @@ def summarize(results: list[dict]) -> list[dict]:
         entry = {"method": method, "schedule": schedule, "k": k, "phase": phase,
                  "seeds": len(rows), "sparsity": mean([r["sparsity"] for r in rows]),
                  "units_removed": mean([r["units_removed"] for r in rows])}  # fmt: skip
-        for metric in ("test_accuracy", "test_loss", "val_accuracy"):
+        for metric in ("test_metric", "test_loss", "val_metric"):
             values = [r[metric] for r in rows]
             entry[f"{metric}_mean"], entry[f"{metric}_std"] = mean(values), std(values)
         summary.append(entry)
@@ -79,19 +79,19 @@ def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def summary_table(results: list[dict], dense: dict) -> str:
+def summary_table(results: list[dict], dense: dict, metric: str = "accuracy") -> str:
     """A plain-text table: one line per method and k, one-shot and after the schedule
     (the mean ± standard deviation over seeds where there are several)."""
     summary = summarize(results)
     several = any(row["seeds"] > 1 for row in summary)
     width = 15 if several else 9
 
-    def accuracy(row: dict) -> str:
-        text = f"{row['test_accuracy_mean']:.4f}"
-        return text + (f" ± {row['test_accuracy_std']:.4f}" if several else "")
+    def value(row: dict) -> str:
+        text = f"{row['test_metric_mean']:.4f}"
+        return text + (f" ± {row['test_metric_std']:.4f}" if several else "")
 
     lines = [
-        f"dense test accuracy {dense['test_accuracy']:.4f}",
+        f"dense test {metric} {dense['test_metric']:.4f}",
         f"{'method':>8} {'k':>5} {'sparsity':>8} {'units':>6} {'one-shot':>{width}} "
         f"{'final':>{width}}",
     ]
@@ -102,7 +102,7 @@ def summary_table(results: list[dict], dense: dict) -> str:
         final = phases["finetuned"]
         lines.append(
             f"{method:>8} {k:>5g} {final['sparsity']:>8.4f} {final['units_removed']:>6.3f}"
-            f" {accuracy(phases['oneshot']):>{width}} {accuracy(final):>{width}}"
+            f" {value(phases['oneshot']):>{width}} {value(final):>{width}}"
         )
     return "\n".join(lines)
 
@@ -118,13 +118,22 @@ def read_results(path: Path) -> list[dict]:
             for key, value in row.items():
                 if key not in TEXT_COLUMNS and value:
                     row[key] = float(value)
-            rows.append(row)
+            rows.append(renamed(row))
     return rows
+
+
+def renamed(record: dict) -> dict:
+    """A row or record stored before tasks other than classification, whose metric
+    columns were named for accuracy, under today's names (in place)."""
+    for split in ("train", "val", "test"):
+        if f"{split}_accuracy" in record:
+            record[f"{split}_metric"] = record.pop(f"{split}_accuracy")
+    return record
 
 
 def mean_dense(records: list[dict]) -> dict:
     """The dense figures averaged over seeds (the record itself for one seed)."""
     if len(records) == 1:
         return records[0]
-    keys = ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
+    keys = ("test_metric", "test_loss", "val_metric", "val_loss")
     return {key: sum(r[key] for r in records) / len(records) for key in keys}

@@ -17,7 +17,6 @@ Already-pruned entries stay pruned from round to round (``prune(..., pruned=)``)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -25,10 +24,9 @@ from torch import nn
 
 from prunelab.compact import CompactionError, compact_with_indices, expand_
 from prunelab.data import Dataset
-from prunelab.models import ModelConfig, build_model
 from prunelab.options import check_choice
 from prunelab.prune import Masks, PruneMethod, prune
-from prunelab.train import EpochRecord, TrainConfig, train
+from prunelab.train import EpochRecord, TrainConfig, steps_per_epoch, train
 
 
 @dataclass(frozen=True)
@@ -86,7 +84,7 @@ class DenseRun:
 
     rewind_state: dict  # the weights ``rewind_steps`` into training
     train: TrainConfig  # the dense recipe, to retrain with
-    model: ModelConfig  # to build the random-reinit control
+    fresh: Callable[[int], nn.Module]  # a new random initialisation from a seed: the control
 
 
 @dataclass
@@ -110,8 +108,8 @@ def prune_job(model: nn.Module, job: Job, k: float, pruned: Masks | None = None)
     """Prune ``model`` in place for ``job`` at fraction ``k`` (after ``pruned``)."""
     return prune(
         model, job.method, k, batches=job.batches, include_last=job.include_last,
-        seed=job.seed, pruned=pruned, example_inputs=job.data.train.x[:2], ignore=job.ignore,
-        include=job.include or None,
+        seed=job.seed, pruned=pruned, example_inputs=job.data.train.head(2), ignore=job.ignore,
+        include=job.include or None, task=job.data.task,
     )  # fmt: skip
 
 
@@ -129,17 +127,18 @@ def finetune(
         except CompactionError:
             pass  # not a plain chain of layers: hold the masks instead
         else:
-            history = train(small, job.data.train, job.data.val, config, seed=seed, desc=desc)
+            history = train(small, job.data.train, job.data.val, config, seed=seed, desc=desc,
+                            task=job.data.task)  # fmt: skip
             expand_(model, small, kept)
             return history
     return train(model, job.data.train, job.data.val, config, seed=seed,
-                 after_step=masks.holder(model), desc=desc)  # fmt: skip
+                 after_step=masks.holder(model), desc=desc, task=job.data.task)  # fmt: skip
 
 
 def _renumber(histories: list[list[EpochRecord]]) -> list[EpochRecord]:
     records = [r for history in histories for r in history]
     return [
-        EpochRecord(i + 1, r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy, r.seconds)
+        EpochRecord(i + 1, r.train_loss, r.train_metric, r.val_loss, r.val_metric, r.seconds)
         for i, r in enumerate(records)
     ]
 
@@ -177,10 +176,11 @@ class GradualPruner:
 
 def gradual(model: nn.Module, job: Job, schedule: Schedule, dense: DenseRun | None) -> Outcome:
     config = job.finetune
-    steps = math.ceil(len(job.data.train) / config.batch_size) * config.epochs
+    steps = steps_per_epoch(job.data.train, config.batch_size) * config.epochs
     pruner = GradualPruner(job, round(schedule.ramp * steps), schedule.every)
     history = train(model, job.data.train, job.data.val, config, seed=job.seed,
-                    after_step=pruner, desc=f"gradual {job.method.name}")  # fmt: skip
+                    after_step=pruner, desc=f"gradual {job.method.name}",
+                    task=job.data.task)  # fmt: skip
     if pruner.masks is None or pruner.step < pruner.end:  # too few steps to finish the ramp
         pruner.masks = prune_job(model, job, job.k, pruner.masks)
     return Outcome(history, pruner.masks)
@@ -194,7 +194,7 @@ def lottery(model: nn.Module, job: Job, schedule: Schedule, dense: DenseRun) -> 
         model.load_state_dict(dense.rewind_state)
         masks.apply_(model)
         histories.append(finetune(model, masks, job, dense.train, job.seed + r))
-    control = build_model(dense.model, job.data.num_classes, seed=job.seed + 10_000)
+    control = dense.fresh(job.seed + 10_000)
     control.to(next(model.parameters()).device)
     masks.apply_(control)
     finetune(control, masks, job, dense.train, job.seed + schedule.rounds)

@@ -29,7 +29,7 @@ from prunelab.bases import (
 from prunelab.compact import compact
 from prunelab.config import to_json
 from prunelab.csr import to_csr
-from prunelab.data import Dataset, calibration_batches
+from prunelab.data import Dataset
 from prunelab.executors import Execution, run_cells
 from prunelab.export import dense_bytes, save_sparse
 from prunelab.metrics import (
@@ -53,6 +53,7 @@ from prunelab.results import (
     RESULT_COLUMNS,
     SUMMARY_COLUMNS,
     mean_dense,
+    renamed,
     summarize,
     write_csv,
 )
@@ -127,7 +128,7 @@ def _collect(
     write_csv(paths.summary, SUMMARY_COLUMNS, summarize(results))
     from prunelab import plots  # matplotlib: imported when drawing, not on every command
 
-    figures = plots.study_figures(results, epochs, dense, paths.figures)
+    figures = plots.study_figures(results, epochs, dense, paths.figures, config.metric)
     return StudyResult(paths, dense, results, epochs, layers, figures, failures)
 
 
@@ -169,19 +170,21 @@ def run_cell(config: StudyConfig, method: PruneMethod, k: float, bases: BaseMode
     oneshot, final = cell["results"][:2]
     after = "fine-tuned" if config.schedule.name == "oneshot" else config.schedule.name
     tqdm.write(
-        f"{method.name:>8} k={k:<5g} seed {config.seed} test accuracy one-shot "
-        f"{oneshot['test_accuracy']:.4f} -> {after} {final['test_accuracy']:.4f} "
+        f"{method.name:>8} k={k:<5g} seed {config.seed} test {config.metric.name} one-shot "
+        f"{oneshot['test_metric']:.4f} -> {after} {final['test_metric']:.4f} "
         f"({final['seconds']:.1f} s)"
     )
     return cell
 
 
 def _with_defaults(cell: dict, seed: int) -> dict:
-    """A stored cell, with the columns that cells stored before schedules and seeds lack."""
+    """A stored cell, with the columns that cells stored before schedules and seeds lack,
+    and its metric columns under today's names."""
     for row in cell["results"]:
         row.setdefault("schedule", "oneshot")
     for row in cell["results"] + cell["epochs"] + cell["layers"]:
         row.setdefault("seed", seed)
+        renamed(row)
     return cell
 
 
@@ -200,7 +203,7 @@ def _run_cell(
     model.load_state_dict(base_state)
     batches = None
     if method.needs_data:
-        batches = calibration_batches(data.train, config.calibration_size, config.seed)
+        batches = data.train.sample(config.calibration_size, config.seed)
     job = Job(method, k, data, config.finetune, batches, config.prune_last, config.seed,
               config.ignore, config.include)  # fmt: skip
     measure = partial(_measure, data=data, method=method, k=k, config=config)
@@ -214,19 +217,20 @@ def _run_cell(
         model.load_state_dict(base_state)
         dense = None
         if rewind_state is not None:
-            dense = DenseRun(rewind_state, config.train, model_config)
+            fresh = lambda seed: build_model(model_config, seed=seed)  # noqa: E731
+            dense = DenseRun(rewind_state, config.train, fresh)
         outcome = run_schedule(config.schedule, model, job, dense)
     rows = [oneshot, measure(model, "finetuned", time.perf_counter() - start)]
     if outcome.control is not None:
         rows.append(measure(outcome.control, "reinit", math.nan))
     # size and speed of the deployable form: the same pattern of zeros in every row
-    deploy = _deployment(model, model_config, method, data.test.x[:1], model_path)
+    deploy = _deployment(model, model_config, method, data.test.head(1), model_path)
     for row in rows:
         row.update(deploy)
     tag = {"method": method.name, "seed": config.seed, "k": k}
     epochs = [
-        {**tag, "epoch": 0, "train_loss": math.nan, "train_accuracy": math.nan,
-         "val_loss": oneshot["val_loss"], "val_accuracy": oneshot["val_accuracy"],
+        {**tag, "epoch": 0, "train_loss": math.nan, "train_metric": math.nan,
+         "val_loss": oneshot["val_loss"], "val_metric": oneshot["val_metric"],
          "seconds": 0.0}
     ] + [{**tag, **asdict(r)} for r in outcome.history]  # fmt: skip
     layers = prunable_layers(model, include_last=config.prune_last)
@@ -285,7 +289,10 @@ def _measure(
     k: float, config: StudyConfig,
 ) -> dict:  # fmt: skip
     layers = prunable_layers(model, include_last=config.prune_last)
-    test, val = evaluate(model, data.test), evaluate(model, data.val)
+    test, val = (
+        evaluate(model, data.test, task=data.task),
+        evaluate(model, data.val, task=data.task),
+    )
     return {
         "method": method.name,
         "structure": method.structure,
@@ -296,10 +303,10 @@ def _measure(
         "k": k,
         "phase": phase,
         "sparsity": weight_sparsity(layers),
-        "units_removed": _units_removed(model, layers, data.test.x[:2], config),
-        "test_accuracy": test.accuracy,
+        "units_removed": _units_removed(model, layers, data.test.head(2), config),
+        "test_metric": test.metric,
         "test_loss": test.loss,
-        "val_accuracy": val.accuracy,
+        "val_metric": val.metric,
         "val_loss": val.loss,
         "seconds": seconds,
     }

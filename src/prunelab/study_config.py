@@ -20,6 +20,7 @@ from prunelab.prune import PruneMethod, check_k
 from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.method import SCOPES, STRUCTURES
 from prunelab.schedules import Schedule
+from prunelab.tasks import TASKS, Metric
 from prunelab.train import TrainConfig
 
 DEFAULT_KS = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
@@ -33,7 +34,7 @@ def _default_finetune() -> TrainConfig:
 
 
 # What the dense model depends on, and what a cell adds to it (the grid aside).
-BASE_SETTINGS = ("dataset", "val_size", "train_limit", "model", "train", "seed")
+BASE_SETTINGS = ("dataset", "task", "val_size", "train_limit", "model", "train", "seed")
 
 
 CELL_SETTINGS = ("finetune", "prune_last", "schedule", "ignore", "include")
@@ -46,6 +47,10 @@ class StudyConfig:
 
     dataset: str = field(
         default="mnist", metadata={"help": lambda: listing(DATASETS), "choices": DATASETS}
+    )
+    task: str = field(
+        default="classification",
+        metadata={"help": lambda: "the loss and the metric: " + listing(TASKS), "choices": TASKS},
     )
     val_size: int = field(
         default=5000, metadata={"help": "validation images carved from the training set"}
@@ -101,6 +106,7 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, DATASETS)
+        check_choice("task", self.task, TASKS)
         spec = DATASETS[self.dataset]  # the model reads its images and gives its classes
         model = self.model.for_data(spec.shape, spec.classes) if spec.shape is not None else \
             replace(self.model, input_shape=None, classes=None)  # a folder: as read  # fmt: skip
@@ -118,6 +124,10 @@ class StudyConfig:
             raise ValueError(f"`calibration_size` must be positive, got {self.calibration_size}")
         for k in self.ks:
             check_k(k)
+
+    @property
+    def metric(self) -> Metric:
+        return TASKS[self.task].metric
 
     def settings(self, names: tuple[str, ...]) -> dict:
         """The named settings that differ from their defaults, as ids hash them."""

@@ -11,14 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset as TorchDataset
 from tqdm.auto import tqdm
 
 from prunelab.augment import random_affine
-from prunelab.data import Split
-from prunelab.models import evaluating
+from prunelab.models import evaluating, first_tensor
 from prunelab.options import check_choice
+from prunelab.splits import AnySplit
+from prunelab.tasks import Task, task_of
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -70,104 +71,129 @@ class TrainConfig:
 class EpochRecord:
     epoch: int
     train_loss: float
-    train_accuracy: float
+    train_metric: float  # the task's metric (classification: accuracy)
     val_loss: float
-    val_accuracy: float
+    val_metric: float
     seconds: float
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    loss: float
-    accuracy: float
+    loss: float  # the task's loss, per what it is averaged over (samples, tokens)
+    metric: float
+
+
+class _Sums:
+    """A task's statistics summed over batches, on the device until read."""
+
+    def __init__(self, task: Task):
+        self.task, self.totals = task, {}
+
+    def add(self, output: torch.Tensor, target: torch.Tensor) -> None:
+        for key, value in self.task.sums(output, target).items():
+            self.totals[key] = self.totals[key] + value if key in self.totals else value
+
+    def read(self) -> Evaluation:
+        totals = {key: float(value) for key, value in self.totals.items()}
+        if not totals.get("n"):
+            raise ValueError("nothing to measure: the data gave no samples")
+        return Evaluation(totals["loss"] / totals["n"], self.task.metric.value(totals))
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 256) -> Evaluation:
-    """Mean cross-entropy and accuracy of ``model`` on ``split``, in batches small enough
-    for a convolution's activations to stay in cache (ResNet-20: 3x faster than 2000)."""
-    loss_sum, correct = 0.0, 0
+def evaluate(
+    model: nn.Module, split: AnySplit, batch_size: int = 256, task: str | Task = "classification"
+) -> Evaluation:
+    """The task's loss and metric of ``model`` on ``split``, in batches small enough for a
+    convolution's activations to stay in cache (ResNet-20: 3x faster than 2000)."""
+    sums = _Sums(task_of(task))
     with evaluating(model):
-        for start in range(0, len(split), batch_size):
-            x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
-            logits = model(x)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-    return Evaluation(loss_sum / len(split), correct / len(split))
+        for x, y in split.batches(batch_size):
+            sums.add(first_tensor(model(x)), y)
+    return sums.read()
 
 
 def train(
     model: nn.Module,
-    train_split: Split,
-    val_split: Split,
+    train_split: AnySplit,
+    val_split: AnySplit,
     config: TrainConfig,
     *,
     seed: int,
     after_step: Callable[[nn.Module], None] | None = None,
     desc: str = "train",
+    task: str | Task = "classification",
+    log: Callable[[EpochRecord], None] | None = None,
 ) -> list[EpochRecord]:
-    """Train ``model`` in place; return one record per epoch.
+    """Train ``model`` in place on the task's loss; return one record per epoch.
 
-    ``after_step`` runs after every optimizer step (pruning uses it to hold masks).
+    ``after_step`` runs after every optimizer step (pruning uses it to hold masks);
+    ``log`` gets each epoch's record as it ends.
     The batch order, dropout and augmentation all follow from ``seed``.
     """
-    with torch.random.fork_rng(devices=_cuda_devices(train_split.x)):
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # dropout draws from the global generator; restored after
-        return _train(model, train_split, val_split, config, seed, after_step, desc)
+        loop = _Loop(model, config, task_of(task), seed, after_step)
+        return loop.run(train_split, val_split, desc, log)
 
 
-def _cuda_devices(x: torch.Tensor) -> list[int]:
-    return [x.device.index or 0] if x.is_cuda else []
+class _Loop:
+    def __init__(self, model, config, task, seed, after_step):
+        self.model, self.config, self.task, self.after_step = model, config, task, after_step
+        self.order_gen = torch.Generator().manual_seed(seed)
+        fused = {"fused": True} if config.optimizer in FUSED else {}
+        self.optimizer = OPTIMIZERS[config.optimizer](model.parameters(), lr=config.lr, **fused)
+
+    def run(self, train_split, val_split, desc, log) -> list[EpochRecord]:
+        total_steps = steps_per_epoch(train_split, self.config.batch_size) * self.config.epochs
+        scheduler = None
+        if self.config.lr_schedule == "cosine" and total_steps > 0:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, total_steps)
+        records = []
+        with tqdm(total=total_steps, desc=desc, disable=None, leave=False, unit="step") as bar:
+            for epoch in range(1, self.config.epochs + 1):
+                start_time = time.perf_counter()
+                seen = self.epoch(train_split, scheduler, bar)
+                if not math.isfinite(seen.loss):
+                    raise FloatingPointError(
+                        f"the training loss became {seen.loss} in epoch {epoch}"
+                    )
+                val = evaluate(self.model, val_split, task=self.task)
+                records.append(EpochRecord(epoch, seen.loss, seen.metric, val.loss, val.metric,
+                                           time.perf_counter() - start_time))  # fmt: skip
+                bar.set_postfix({f"val_{self.task.metric.name}": f"{val.metric:.4g}"})
+                if log is not None:
+                    log(records[-1])
+        return records
+
+    def epoch(self, split, scheduler, bar) -> Evaluation:
+        self.model.train()
+        sums = _Sums(self.task)
+        for x, y in split.batches(self.config.batch_size, self.order_gen):
+            if self.config.augment:
+                x = random_affine(x, self.order_gen)
+            output = first_tensor(self.model(x))
+            loss = self.task.loss(output, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            if self.after_step is not None:
+                self.after_step(self.model)
+            with torch.no_grad():
+                sums.add(output.detach(), y)
+            bar.update()
+        return sums.read()
 
 
-def _train(model, train_split, val_split, config, seed, after_step, desc) -> list[EpochRecord]:
-    order_gen = torch.Generator().manual_seed(seed)
-    fused = {"fused": True} if config.optimizer in FUSED else {}
-    optimizer = OPTIMIZERS[config.optimizer](model.parameters(), lr=config.lr, **fused)
-    n = len(train_split)
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = None
-    if config.lr_schedule == "cosine" and total_steps > 0:
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    records = []
-    with tqdm(total=total_steps, desc=desc, disable=None, leave=False, unit="step") as bar:
-        for epoch in range(1, config.epochs + 1):
-            start_time = time.perf_counter()
-            model.train()
-            loss_sum = torch.zeros((), device=train_split.x.device)
-            correct = torch.zeros((), dtype=torch.long, device=train_split.x.device)
-            order = torch.randperm(n, generator=order_gen).to(train_split.x.device)
-            for step in range(steps_per_epoch):
-                idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-                x, y = train_split.x[idx], train_split.y[idx]
-                if config.augment:
-                    x = random_affine(x, order_gen)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                if after_step is not None:
-                    after_step(model)
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.detach().argmax(1) == y).sum()
-                bar.update()
-            train_loss = loss_sum.item() / n
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(f"the training loss became {train_loss} in epoch {epoch}")
-            val = evaluate(model, val_split)
-            records.append(
-                EpochRecord(
-                    epoch=epoch,
-                    train_loss=train_loss,
-                    train_accuracy=correct.item() / n,
-                    val_loss=val.loss,
-                    val_accuracy=val.accuracy,
-                    seconds=time.perf_counter() - start_time,
-                )
-            )
-            bar.set_postfix(val_acc=f"{val.accuracy:.4f}")
-    return records
+def steps_per_epoch(split: AnySplit, batch_size: int) -> int:
+    """Optimizer steps per epoch: the loader's own count where it batches itself."""
+    source = getattr(split, "source", None)
+    if source is not None and not isinstance(source, TorchDataset):
+        try:
+            return len(source)
+        except TypeError:
+            pass
+    return math.ceil(len(split) / batch_size)

@@ -14,10 +14,11 @@ from prunelab.prune.allocate import ALLOCATORS
 from prunelab.prune.criteria import CRITERIA, NeedsCalibrationError, ScoreContext
 from prunelab.prune.group_criteria import GroupContext
 from prunelab.prune.group_obs import reconstruct_groups
-from prunelab.prune.groups import Graph, Group, dead, group_masks, matches, pattern_names
+from prunelab.prune.groups import Graph, dead, group_masks, matches, pattern_names
 from prunelab.prune.masks import Masks
 from prunelab.prune.method import PruneMethod, check_k
 from prunelab.prune.obs import reconstruct
+from prunelab.tasks import Task, task_of
 
 
 def prune(
@@ -32,6 +33,7 @@ def prune(
     example_inputs=None,
     ignore: Sequence[str] = (),
     include: Sequence[str] | None = None,
+    task: str | Task = "classification",
 ) -> Masks:
     """Prune ``model`` in place by ``method`` (or its name, ``"unit:obd"``) at fraction
     ``k``; return the masks to hold.
@@ -42,9 +44,11 @@ def prune(
     A model that is not a plain ``nn.Sequential`` chain (``models.chain_problem``) is
     traced with ``example_inputs`` (default: the first calibration batch): its output
     layers come from the trace, and a unit is a coupled group (``prunelab.prune.groups``).
-    ``ignore`` and ``include`` are fnmatch patterns of layer names.
+    ``ignore`` and ``include`` are fnmatch patterns of layer names. ``task`` (a name of
+    ``prunelab.tasks.TASKS`` or a ``Task``) gives the loss that obd, fisher and taylor read.
     """
     method = PruneMethod.parse(method) if isinstance(method, str) else method
+    task = task_of(task)
     check_k(k)
     _refuse_torch_prune_hooks(model)
     batches = _pairs(batches)
@@ -52,7 +56,8 @@ def prune(
     _check_patterns(model, ignore, include)
     if graph is not None and method.structure == "unit":
         groups = graph.groups(ignore, include, include_last)
-        masks = _prune_groups(model, groups, graph.layers(), method, k, batches, seed, pruned)
+        context = GroupContext(model, groups, batches, seed, task)
+        masks = _prune_groups(context, graph.layers(), method, k, pruned)
         masks.apply_(model)
         return masks
     layers = _layers(model, graph, include_last, ignore, include)
@@ -63,7 +68,7 @@ def prune(
         if pruned is not None:  # a solver prunes zero weights first; this makes it certain
             masks = masks & pruned
     else:
-        context = ScoreContext(model, layers, method.structure, batches, seed)
+        context = ScoreContext(model, layers, method.structure, batches, seed, task)
         scores = CRITERIA[method.criterion](context)
         if pruned is not None:
             scores = _pruned_first(scores, pruned, method.structure)
@@ -134,12 +139,16 @@ def _layers(
 
 
 def _prune_groups(
-    model: nn.Module, groups: list[Group], readable: dict[str, nn.Module], method: PruneMethod,
-    k: float, batches: list | None, seed: int, pruned: Masks | None,
-) -> Masks:  # fmt: skip
+    context: GroupContext,
+    readable: dict[str, nn.Module],
+    method: PruneMethod,
+    k: float,
+    pruned: Masks | None,
+) -> Masks:
     """Units of coupled groups: scored over every slice, allocated, masked everywhere; or,
     for the solvers (obs, obc), chosen and compensated in the one layer that reads them
     (``readable``: the layers called as modules, whose inputs can be captured)."""
+    model, groups, batches = context.model, context.groups, context.batches
     criterion = CRITERIA[method.criterion]
     if criterion.needs_data and not batches:
         raise NeedsCalibrationError(f"criterion {method.criterion!r} needs calibration batches")
@@ -151,7 +160,7 @@ def _prune_groups(
     if criterion.on_groups is None:
         raise ValueError(f"criterion {method.criterion!r} scores layers, not coupled groups "
                          f"such as {groups[0].name!r}; use another criterion")  # fmt: skip
-    scores = criterion.on_groups(GroupContext(model, groups, batches, seed))
+    scores = criterion.on_groups(context)
     if pruned is not None:  # units pruned before are gone first
         scores = {g.name: scores[g.name].masked_fill(dead(model, g), -math.inf) for g in groups}
     masks = group_masks(model, groups, ALLOCATORS[method.scope](scores, k))

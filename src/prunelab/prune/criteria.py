@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from prunelab.models import evaluating
+from prunelab.models import evaluating, first_tensor
 from prunelab.prune import group_criteria as on_groups
 from prunelab.prune.curvature import empirical_fisher_diagonal, gauss_newton_diagonal
 from prunelab.prune.group_criteria import GroupContext, GroupScores, lamp_normalize
+from prunelab.tasks import TASKS, Task
 
 Scores = dict[str, torch.Tensor]
 
@@ -33,6 +33,7 @@ class ScoreContext:
     structure: str  # "weight" or "unit"
     batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # calibration data
     seed: int = 0
+    task: Task = TASKS["classification"]  # whose loss obd, fisher and taylor read
 
 
 class NeedsCalibrationError(ValueError):
@@ -91,7 +92,7 @@ def lamp(ctx: ScoreContext) -> Scores:
 
 
 def _second_order(ctx: ScoreContext, curvature) -> Scores:
-    h = curvature(ctx.model, ctx.layers, ctx.batches)
+    h = curvature(ctx.model, ctx.layers, ctx.batches, ctx.task)
     with torch.no_grad():
         weight = {n: 0.5 * h[n]["weight"] * layer.weight**2 for n, layer in ctx.layers.items()}
         if ctx.structure == "weight":
@@ -107,7 +108,7 @@ def _second_order(ctx: ScoreContext, curvature) -> Scores:
 def obd(ctx: ScoreContext) -> Scores:
     """Optimal Brain Damage (LeCun, Denker and Solla, 1990): s = h w^2 / 2.
 
-    h is the diagonal of the Gauss-Newton matrix of the cross-entropy, exact for
+    h is the diagonal of the Gauss-Newton matrix of the task's loss, exact for
     the network's linearisation, estimated on the calibration batches. A unit's
     saliency is the sum over its weights and bias (the diagonal approximation of
     removing them together).
@@ -140,7 +141,8 @@ def taylor(ctx: ScoreContext) -> Scores:
     with evaluating(model):
         for x, y in batches:
             with torch.enable_grad():
-                grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, allow_unused=True)
+                loss = ctx.task.loss(first_tensor(model(x)), y)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
             grad_of = dict(zip(map(id, params), grads, strict=True))
             with torch.no_grad():
                 for name, layer in ctx.layers.items():

@@ -1,14 +1,15 @@
 """Curvature estimates for second-order pruning, computed without building any full Hessian.
 
-* ``gauss_newton_diagonal``: the diagonal of the Gauss-Newton matrix of the mean
-  softmax cross-entropy, G = mean_n J_n^T H_n J_n, with J_n the Jacobian of the
-  logits with respect to the weights and H_n = diag(p_n) - p_n p_n^T the exact
-  Hessian of the loss with respect to the logits. Writing H_n = L_n L_n^T with
-  column c of L_n equal to sqrt(p_nc) (e_c - p_n), diag(G) = mean_n sum_c
-  (J_n^T L_nc)^2: one backward pass per class, and per-sample gradients, which for
-  a linear layer are outer products, so their squares sum as a matrix product.
+* ``gauss_newton_diagonal``: the diagonal of the Gauss-Newton matrix of the task's
+  mean loss, G = mean_n J_n^T H_n J_n, with J_n the Jacobian of the outputs with
+  respect to the weights and H_n the exact Hessian of sample n's loss with respect
+  to its outputs (softmax cross-entropy: diag(p_n) - p_n p_n^T). Writing
+  H_n = L_n L_n^T (the task's ``curvature`` gives the columns of L_n), diag(G) =
+  mean_n sum_c (J_n^T L_nc)^2: one backward pass per column, and per-sample
+  gradients, which for a linear layer are outer products, so their squares sum as a
+  matrix product.
 * ``empirical_fisher_diagonal``: mean_n g_n^2 with g_n the per-sample gradient of
-  the loss at the true label. Cheaper, and a worse estimate of the curvature.
+  the task's loss at the true target. Cheaper, and a worse estimate of the curvature.
 * ``layer_input_hessian``: H = 2 X^T X / N of a layer's inputs, the Hessian of the
   layer's squared reconstruction error, for layer-wise OBS.
 """
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunelab.models import evaluating, first_tensor
+from prunelab.tasks import Task, task_of
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -110,7 +112,7 @@ def _mean_squared_sample_grads(
     with evaluating(model):
         with _Recorder(layers) as rec, torch.enable_grad():
             for x, y in batches:
-                logits = model(x)
+                logits = first_tensor(model(x))
                 outputs = [rec.outputs[name] for name in names]
                 for v in output_grads(logits.detach(), y):
                     deltas = torch.autograd.grad(logits, outputs, v, retain_graph=True)
@@ -129,40 +131,37 @@ def _mean_squared_sample_grads(
     }
 
 
-def _softmax_hessian_factors(logits: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-    """Columns of L with L L^T = diag(p) - p p^T: sqrt(p_c) (e_c - p), one per class."""
-    p = logits.softmax(1)
-    factors = []
-    for c in range(p.shape[1]):
-        e_c = torch.zeros_like(p)
-        e_c[:, c] = 1.0
-        factors.append(p[:, c : c + 1].sqrt() * (e_c - p))
-    return factors
-
-
-def _loss_gradient(logits: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-    """d(loss_n)/d(logits_n) = p_n - e_(y_n): one backward pass for all samples."""
-    return [logits.softmax(1) - F.one_hot(labels, logits.shape[1]).to(logits.dtype)]
+def _output_grads(task: str | Task, kind: str) -> Callable:
+    task = task_of(task)
+    given = task.curvature if kind == "gauss-newton" else task.sample_gradients
+    if given is None:
+        raise ValueError(f"the task {task.name!r} gives no {kind} factors of its loss, "
+                         "which this criterion needs")  # fmt: skip
+    return given
 
 
 def gauss_newton_diagonal(
-    model: nn.Module, layers: dict[str, nn.Module], batches: Batches
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Diagonal of the Gauss-Newton matrix of the mean cross-entropy, per layer.
+    model: nn.Module, layers: dict[str, nn.Module], batches: Batches,
+    task: str | Task = "classification",
+) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
+    """Diagonal of the Gauss-Newton matrix of the task's mean loss, per layer.
 
     Returns ``{layer: {"weight": h_w, "bias": h_b}}`` shaped like the parameters.
     """
-    return _mean_squared_sample_grads(model, layers, batches, _softmax_hessian_factors)
+    return _mean_squared_sample_grads(model, layers, batches, _output_grads(task, "gauss-newton"))
 
 
 def empirical_fisher_diagonal(
-    model: nn.Module, layers: dict[str, nn.Module], batches: Batches
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Mean squared per-sample gradient of the cross-entropy at the true labels."""
-    return _mean_squared_sample_grads(model, layers, batches, _loss_gradient)
+    model: nn.Module, layers: dict[str, nn.Module], batches: Batches,
+    task: str | Task = "classification",
+) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
+    """Mean squared per-sample gradient of the task's loss at the true targets."""
+    return _mean_squared_sample_grads(model, layers, batches, _output_grads(task, "fisher"))
 
 
-def parameter_diagonal(model: nn.Module, batches: Batches, kind: str) -> dict[str, torch.Tensor]:
+def parameter_diagonal(
+    model: nn.Module, batches: Batches, kind: str, task: str | Task = "classification"
+) -> dict[str, torch.Tensor]:
     """The diagonal of ``kind`` ("gauss-newton" or "fisher") for every parameter of any
     model, normalization and attention included, by name.
 
@@ -170,7 +169,7 @@ def parameter_diagonal(model: nn.Module, batches: Batches, kind: str) -> dict[st
     (one vectorised backward pass per sample and class) rather than from hooks on
     Linear and Conv2d layers, which cannot see a parameter used anywhere else.
     """
-    output_grads = {"gauss-newton": _softmax_hessian_factors, "fisher": _loss_gradient}[kind]
+    output_grads = _output_grads(task, kind)
     params = {n: p.detach() for n, p in model.named_parameters()}
     buffers = dict(model.named_buffers())
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prunelab.models import evaluating, first_tensor
 from prunelab.prune.curvature import parameter_diagonal
 from prunelab.prune.groups import Group, per_index
+from prunelab.tasks import TASKS, Task
 
 GroupScores = dict[str, torch.Tensor]  # group name -> one score per unit
 
@@ -29,6 +29,7 @@ class GroupContext:
     groups: list[Group]
     batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     seed: int = 0
+    task: Task = TASKS["classification"]
 
 
 def unit_sums(groups: list[Group], values: dict[str, torch.Tensor]) -> GroupScores:
@@ -93,7 +94,7 @@ def group_lamp(ctx: GroupContext) -> GroupScores:
 
 
 def _second_order(ctx: GroupContext, kind: str) -> GroupScores:
-    h = parameter_diagonal(ctx.model, ctx.batches, kind)
+    h = parameter_diagonal(ctx.model, ctx.batches, kind, ctx.task)
     with torch.no_grad():
         saliency = {n: 0.5 * h[n] * p**2 for n, p in _params(ctx.model).items()}
     return unit_sums(ctx.groups, saliency)
@@ -113,7 +114,7 @@ def group_taylor(ctx: GroupContext) -> GroupScores:
     with evaluating(ctx.model):
         for x, y in ctx.batches:
             with torch.enable_grad():
-                loss = F.cross_entropy(first_tensor(ctx.model(x)), y)
+                loss = ctx.task.loss(first_tensor(ctx.model(x)), y)
                 grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
             products = {
                 n: p.detach() * g for (n, p), g in zip(params.items(), grads, strict=True)

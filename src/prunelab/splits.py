@@ -1,0 +1,133 @@
+"""A split of a dataset as training, evaluation and calibration read it: batch by batch.
+
+``Split`` holds its inputs and targets as two tensors (the built-in datasets: fast,
+and indexed on the device). ``StreamSplit`` reads a torch ``Dataset``, a
+``DataLoader`` or any re-iterable of (input, target) batches as it goes, so a dataset
+larger than memory trains in flat memory. Both give the same four things:
+``len``, ``batches``, ``head`` and ``sample``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, Subset
+from torch.utils.data import Dataset as TorchDataset
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Split:
+    x: torch.Tensor  # inputs [N, ...], e.g. float32 images [N, C, H, W] in [0, 1]
+    y: torch.Tensor  # targets [N, ...]: class indices, numbers, tokens
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Consecutive batches, or a random order drawn from ``generator`` when given."""
+        n = len(self)
+        if generator is None:
+            for start in range(0, n, batch_size):
+                yield self.x[start : start + batch_size], self.y[start : start + batch_size]
+            return
+        order = torch.randperm(n, generator=generator).to(self.x.device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield self.x[idx], self.y[idx]
+
+    def head(self, n: int) -> torch.Tensor:
+        """The first ``n`` inputs: examples for tracing and checks."""
+        return self.x[:n]
+
+    def sample(self, size: int, seed: int, batch_size: int = 256) -> list[Batch]:
+        """``size`` examples in a seeded random order, as batches (calibration data)."""
+        generator = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self), generator=generator)[:size].to(self.x.device)
+        return [
+            (self.x[idx[i : i + batch_size]], self.y[idx[i : i + batch_size]])
+            for i in range(0, len(idx), batch_size)
+        ]
+
+    def to(self, device: torch.device) -> Split:
+        return Split(self.x.to(device), self.y.to(device))
+
+
+class StreamSplit:
+    """A split read batch by batch, moved to ``device`` as it comes, never held whole.
+
+    ``source`` is a torch ``Dataset`` (batched here, shuffled by the training's
+    generator, loaded by ``workers`` processes, pinned for a GPU), a ``DataLoader``
+    (used as it is, its own batch size and order), or a list of (input, target) batches.
+    """
+
+    def __init__(self, source: Iterable, device: torch.device | str = "cpu", workers: int = 0):
+        self.source, self.device, self.workers = source, torch.device(device), workers
+        self._length: int | None = None
+
+    def __len__(self) -> int:
+        if self._length is None:
+            dataset = getattr(self.source, "dataset", self.source)
+            try:
+                self._length = len(dataset)
+            except TypeError:  # an iterable dataset: counted once
+                self._length = sum(len(y) for _, y in self.batches(1024))
+        return self._length
+
+    def _loader(self, batch_size: int, generator: torch.Generator | None) -> Iterable:
+        if not isinstance(self.source, TorchDataset):
+            return self.source
+        shuffle = generator is not None and not isinstance(self.source, IterableDataset)
+        return DataLoader(
+            self.source, batch_size=batch_size, shuffle=shuffle,
+            generator=generator if shuffle else None, num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        for batch in self._loader(batch_size, generator):
+            x, y = _pair(batch)
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def head(self, n: int) -> torch.Tensor:
+        for x, _ in self.batches(n):
+            return x[:n]
+        raise ValueError("the data gave no batches")
+
+    def sample(self, size: int, seed: int, batch_size: int = 256) -> list[Batch]:
+        """``size`` examples in a seeded random order where the data can be indexed, its
+        first ``size`` otherwise."""
+        dataset = getattr(self.source, "dataset", None) if isinstance(self.source, DataLoader) \
+            else self.source  # fmt: skip
+        if isinstance(dataset, TorchDataset) and not isinstance(dataset, IterableDataset):
+            generator = torch.Generator().manual_seed(seed)
+            idx = torch.randperm(len(dataset), generator=generator)[:size].tolist()
+            return list(StreamSplit(Subset(dataset, idx), self.device).batches(batch_size))
+        taken, count = [], 0
+        for x, y in self.batches(batch_size):
+            taken.append((x[: size - count], y[: size - count]))
+            count += len(taken[-1][1])
+            if count >= size:
+                break
+        return taken
+
+    def to(self, device: torch.device) -> StreamSplit:
+        return StreamSplit(self.source, device, self.workers)
+
+
+def _pair(batch) -> Batch:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    if isinstance(batch, dict) and {"input", "target"} <= batch.keys():
+        return batch["input"], batch["target"]
+    raise ValueError(
+        "the data must give (input, target) pairs or {'input': ..., 'target': ...}; got a "
+        f"{type(batch).__name__}"
+        + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+    )
+
+
+AnySplit = Split | StreamSplit

@@ -1,0 +1,273 @@
+"""What a model is trained to do: the loss it minimises and the metric its budget is
+measured in, one entry of ``TASKS`` per kind.
+
+A task also gives what the loss-based criteria need of it: the gradient of each
+sample's loss with respect to that sample's outputs (the empirical Fisher's), and
+factors of the loss's Hessian with respect to the outputs (the Gauss-Newton
+matrix's, for OBD). A metric is computed from statistics summed over batches, so
+evaluation streams, and it says whether higher is better: the budget's tolerance
+follows its direction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from prunelab.options import check_choice
+
+Tensor = torch.Tensor
+IGNORE = -100  # a language model's target token that counts for nothing (padding)
+
+
+class TaskError(ValueError):
+    """A model's outputs and a dataset's targets that the task cannot compare."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How good a model is, from sums over batches (``Task.sums``)."""
+
+    name: str
+    value: Callable[[dict[str, float]], float]
+    higher_is_better: bool = True
+    percent: bool = False  # shown, and tolerated, in points (0.01)
+
+    def within(self, value: float, dense: float, tolerance: float) -> bool:
+        """Whether ``value`` is worse than ``dense`` by at most ``tolerance`` (points for
+        a percentage), in whichever direction is worse."""
+        allowed = tolerance / 100 if self.percent else tolerance
+        return value >= dense - allowed if self.higher_is_better else value <= dense + allowed
+
+    def show(self, value: float) -> str:
+        """A value in words: "97.12%" for a percentage, "12.34" otherwise."""
+        return f"{100 * value:.2f}%" if self.percent else f"{value:.4g}"
+
+    def tolerance(self, amount: float) -> str:
+        """A tolerance in words: "1 point", "0.5 points", "0.05 of r2"."""
+        if not self.percent:
+            return f"{amount:g} of {self.name}"
+        return f"{amount:g} point" + ("" if amount == 1 else "s")
+
+    def check_tolerance(self, amount: float) -> None:
+        top = 50 if self.percent else float("inf")
+        if not 0 <= amount < top:
+            unit = f"{self.name} points" if self.percent else f"units of {self.name}"
+            bound = "from 0 to under 50" if self.percent else "at least 0"
+            raise ValueError(f"`max_drop` is a tolerance in {unit}, {bound}; got {amount:g}")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A loss (mean over a batch) and a metric, with what criteria need of the loss.
+
+    ``sums`` gives additive statistics of a batch as tensors: ``loss`` (summed),
+    ``n`` (what it was summed over) and whatever the metric reads.
+    ``sample_gradients`` and ``curvature`` return lists of tensors shaped like the
+    outputs: the gradient of each sample's loss, and columns of L with L L^T the
+    Hessian of each sample's loss, both with respect to that sample's outputs.
+    """
+
+    name: str
+    loss: Callable[[Tensor, Tensor], Tensor]
+    sums: Callable[[Tensor, Tensor], dict[str, Tensor]]
+    metric: Metric
+    check: Callable[[Tensor, Tensor], None]
+    sample_gradients: Callable[[Tensor, Tensor], list[Tensor]] | None = None
+    curvature: Callable[[Tensor, Tensor], list[Tensor]] | None = None
+    describe: str = ""
+
+
+# --- classification: logits [N, C], class indices [N] ---------------------------------
+
+
+def _check_classes(output: Tensor, target: Tensor) -> None:
+    if output.dim() != 2 or target.shape != output.shape[:1]:
+        raise TaskError(f"classification needs outputs [N, classes] and labels [N], got "
+                        f"{list(output.shape)} and {list(target.shape)}")  # fmt: skip
+    if target.is_floating_point():
+        raise TaskError(f"classification needs integer labels, got {target.dtype} (for "
+                        "numbers to predict use --task regression)")  # fmt: skip
+    if len(target) and (int(target.min()) < 0 or int(target.max()) >= output.shape[1]):
+        raise TaskError(f"labels go from {int(target.min())} to {int(target.max())}, but the "
+                        f"model gives {output.shape[1]} scores per sample")  # fmt: skip
+
+
+def _class_sums(output: Tensor, target: Tensor) -> dict[str, Tensor]:
+    return {
+        "loss": F.cross_entropy(output, target, reduction="sum"),
+        "n": torch.tensor(len(target), device=output.device),
+        "correct": (output.argmax(1) == target).sum(),
+    }
+
+
+def _softmax_factors(logits: Tensor, target: Tensor) -> list[Tensor]:
+    """Columns of L with L L^T = diag(p) - p p^T over the last axis: sqrt(p_c) (e_c - p)."""
+    p = logits.softmax(-1)
+    factors = []
+    for c in range(p.shape[-1]):
+        e_c = torch.zeros_like(p)
+        e_c[..., c] = 1.0
+        factors.append(p[..., c : c + 1].sqrt() * (e_c - p))
+    return factors
+
+
+def _softmax_gradient(logits: Tensor, target: Tensor) -> list[Tensor]:
+    """d(loss_n)/d(logits_n) = p_n - e_(y_n)."""
+    return [logits.softmax(-1) - F.one_hot(target, logits.shape[-1]).to(logits.dtype)]
+
+
+# --- regression: outputs and targets of the same numbers, [N] or [N, D] --------------
+
+
+def _as_target(output: Tensor, target: Tensor) -> Tensor:
+    """The outputs shaped as the targets ([N, 1] outputs for [N] targets)."""
+    return output.reshape(target.shape) if output.numel() == target.numel() else output
+
+
+def _check_regression(output: Tensor, target: Tensor) -> None:
+    if not target.is_floating_point():
+        raise TaskError(f"regression needs float targets, got {target.dtype} (for classes use "
+                        "--task classification)")  # fmt: skip
+    if output.numel() != target.numel() or output.shape[0] != target.shape[0]:
+        raise TaskError(f"regression needs one output per target: outputs "
+                        f"{list(output.shape)}, targets {list(target.shape)}")  # fmt: skip
+
+
+def _mse(output: Tensor, target: Tensor) -> Tensor:
+    return F.mse_loss(_as_target(output, target), target)
+
+
+def _regression_sums(output: Tensor, target: Tensor) -> dict[str, Tensor]:
+    target = target.double()
+    error = _as_target(output, target).double() - target
+    return {"loss": (error**2).sum(), "n": torch.tensor(target.numel(), device=output.device),
+            "target": target.sum(), "target_sq": (target**2).sum()}  # fmt: skip
+
+
+def _r2(s: dict[str, float]) -> float:
+    """1 - SSE / SST over every output of every sample (1: perfect; 0: the mean's)."""
+    spread = s["target_sq"] - s["target"] ** 2 / s["n"]
+    return 1 - s["loss"] / spread if spread > 0 else math.nan
+
+
+def _per_output(output: Tensor) -> float:
+    return output[0].numel() if output.dim() > 1 else 1
+
+
+def _mse_gradient(output: Tensor, target: Tensor) -> list[Tensor]:
+    """Sample n's loss is its mean squared error over its D outputs: gradient 2 e / D."""
+    return [2 * (output - target.reshape(output.shape)) / _per_output(output)]
+
+
+def _mse_factors(output: Tensor, target: Tensor) -> list[Tensor]:
+    """The Hessian 2 I / D, as D columns sqrt(2 / D) e_d."""
+    d = _per_output(output)
+    flat = torch.zeros(output.shape[0], d, dtype=output.dtype, device=output.device)
+    factors = []
+    for i in range(d):
+        column = flat.clone()
+        column[:, i] = math.sqrt(2 / d)
+        factors.append(column.view_as(output))
+    return factors
+
+
+# --- language modelling: logits [N, T, V], tokens [N, T]; position t predicts t + 1 --
+
+
+def _check_tokens(output: Tensor, target: Tensor) -> None:
+    if output.dim() != 3 or target.shape != output.shape[:2] or target.is_floating_point():
+        raise TaskError(f"a language model needs logits [N, T, vocabulary] and integer tokens "
+                        f"[N, T]; got {list(output.shape)} and {target.dtype} "
+                        f"{list(target.shape)}")  # fmt: skip
+    known = target[target != IGNORE]
+    if len(known) and (int(known.min()) < 0 or int(known.max()) >= output.shape[-1]):
+        raise TaskError(f"tokens go up to {int(known.max())}, the vocabulary has "
+                        f"{output.shape[-1]}")  # fmt: skip
+
+
+def _next(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits at positions 0..T-2 and the tokens they predict, 1..T-1, flattened."""
+    return output[:, :-1].flatten(0, 1), target[:, 1:].flatten()
+
+
+def _next_token_loss(output: Tensor, target: Tensor) -> Tensor:
+    return F.cross_entropy(*_next(output, target), ignore_index=IGNORE)
+
+
+def _token_sums(output: Tensor, target: Tensor) -> dict[str, Tensor]:
+    logits, tokens = _next(output, target)
+    return {"loss": F.cross_entropy(logits, tokens, ignore_index=IGNORE, reduction="sum"),
+            "n": (tokens != IGNORE).sum()}  # fmt: skip
+
+
+def _perplexity(s: dict[str, float]) -> float:
+    return math.exp(s["loss"] / s["n"]) if s["n"] else math.nan
+
+
+def _predicting(output: Tensor, target: Tensor) -> Tensor:
+    """Which positions predict a token: [N, T, 1], weighted so that each sample's loss
+    is the mean over its predictions."""
+    counted = torch.zeros(target.shape, dtype=output.dtype, device=output.device)
+    counted[:, :-1] = (target[:, 1:] != IGNORE).to(output.dtype)
+    return (counted / counted.sum(1, keepdim=True).clamp_min(1)).unsqueeze(-1)
+
+
+def _token_gradient(output: Tensor, target: Tensor) -> list[Tensor]:
+    weight = _predicting(output, target)
+    nxt = target.roll(-1, 1).clamp_min(0)
+    return [weight * _softmax_gradient(output, nxt)[0]]
+
+
+def _token_factors(output: Tensor, target: Tensor) -> list[Tensor]:
+    """The Hessian of a sample's loss is block-diagonal, one softmax block per position:
+    exact factors would take T x V backward passes. Each position's factors are given a
+    random sign instead, so cross-position terms vanish in expectation and V passes give
+    an unbiased estimate. The signs are seeded by the batch's tokens (reproducible)."""
+    generator = torch.Generator().manual_seed(int(target.sum()) * 31 + target.numel())
+    signs = torch.randint(0, 2, (*target.shape, 1), generator=generator) * 2 - 1
+    weight = _predicting(output, target).sqrt() * signs.to(output)
+    return [weight * f for f in _softmax_factors(output, target)]
+
+
+TASKS: dict[str, Task] = {
+    "classification": Task(
+        "classification", F.cross_entropy, _class_sums,
+        Metric("accuracy", lambda s: s["correct"] / s["n"], percent=True),
+        _check_classes, _softmax_gradient, _softmax_factors,
+        describe="class scores [N, C] against labels [N]: cross-entropy; accuracy",
+    ),
+    "regression": Task(
+        "regression", _mse, _regression_sums, Metric("r2", _r2), _check_regression,
+        _mse_gradient, _mse_factors,
+        describe="numbers against targets of the same shape: mean squared error; R²",
+    ),
+    "regression-mse": Task(
+        "regression-mse", _mse, _regression_sums,
+        Metric("negative_mse", lambda s: -s["loss"] / s["n"]), _check_regression,
+        _mse_gradient, _mse_factors,
+        describe="as regression, measured by the negative mean squared error",
+    ),
+    "language-model": Task(
+        "language-model", _next_token_loss, _token_sums,
+        Metric("perplexity", _perplexity, higher_is_better=False), _check_tokens,
+        _token_gradient, _token_factors,
+        describe="logits [N, T, V] against the tokens [N, T]: each position predicts the "
+        "next token; next-token cross-entropy; perplexity (lower is better)",
+    ),
+}  # fmt: skip
+
+
+def task_of(task: str | Task) -> Task:
+    """A task by name, or the task itself."""
+    if isinstance(task, Task):
+        return task
+    check_choice("task", task, TASKS)
+    return TASKS[task]
+
+
+METRICS: dict[str, Metric] = {task.metric.name: task.metric for task in TASKS.values()}
