@@ -96,7 +96,7 @@ def test_a_model_of_your_own_runs_the_study_and_exports(project):
         ("nets:residual", ("--model-kwargs", '{"depth": 3}'), "unexpected keyword argument"),
         ("nets:residual", ("--model-kwargs", "width=3"), "expected a JSON object"),
         ("nets:residual", ("--hidden", "4"), "takes --model-kwargs, not --hidden"),
-        ("nets:colour", (), r"fails on a batch of mnist images \[2, 1, 28, 28\]"),
+        ("nets:colour", (), r"fails on a batch of mnist inputs \[2, 1, 28, 28\]"),
         ("nets:eleven", (), r"gives \[2, 11\] .* expected \[2, 10\], one score per class"),
     ],
 )

@@ -13,6 +13,7 @@ from prunelab.report import build_report
 from prunelab.schedules import SCHEDULES, Schedule, describe_schedule
 from prunelab.study import run_study
 from prunelab.study_config import RunOptions, StudyConfig
+from prunelab.tasks import TASKS
 from prunelab.train import TrainConfig
 
 
@@ -32,7 +33,7 @@ def test_every_criterion_and_schedule_renders_in_help_and_descriptions():
     for name, model in MODELS.items():
         assert f"{name}: {model.describe}" in " ".join(text.split())
         build_model(ModelConfig(name))  # its default sizes fit its own rules
-    for registry in (DATASETS, EXECUTORS):
+    for registry in (DATASETS, EXECUTORS, TASKS):
         for name, entry in registry.items():
             assert f"{name}: {entry.describe}" in " ".join(text.split()), name
 
@@ -64,7 +65,7 @@ def test_the_architecture_notes_point_at_each_registry():
     root = Path(__file__).parent.parent
     text = (root / "docs" / "ARCHITECTURE.md").read_text()
     references = re.findall(r"`(src/prunelab/[\w/]+\.py):(\d+)` `(\w+)`", text)
-    assert len(references) == 8
+    assert len(references) == 9
     for path, line, name in references:
         line_text = (root / path).read_text().splitlines()[int(line) - 1]
         assert line_text.startswith(name), f"{name} moved: update docs/ARCHITECTURE.md"

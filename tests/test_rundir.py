@@ -17,6 +17,7 @@ import torch
 from prunelab import study as study_module
 from prunelab import study_config
 from prunelab.models import ModelConfig, build_model
+from prunelab.results import renamed
 from prunelab.rundir import RunDirError, RunLock
 from prunelab.study import run_study
 from prunelab.study_config import RunOptions, StudyConfig
@@ -158,7 +159,8 @@ def test_a_0_1_0_run_directory_resumes_after_a_setting_is_added(
     with monkeypatch.context() as patch:
         forbid_computation(patch)
         run_study(config, options)
-    stored = results_without_timing(FIXTURE_0_1_0)  # 0.1.0 had fewer columns
+    # 0.1.0 had fewer columns, and named the metric's for accuracy
+    stored = [renamed(row) for row in results_without_timing(FIXTURE_0_1_0)]
     resumed = [{key: row[key] for key in stored[0]} for row in results_without_timing(run_dir)]
     assert resumed == stored
     assert not list(run_dir.glob("cells/a9044f4e595f1866.*"))  # renamed, not copied
