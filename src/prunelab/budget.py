@@ -235,7 +235,7 @@ def find_budget(
 
     The loaders (``DataLoader``s, torch ``Dataset``s or lists of (input, target)
     batches) are read batch by batch, never held whole. ``task`` gives the loss and
-    the metric (classification: accuracy, ``max_drop`` in points; language-model:
+    the metric (classification: accuracy, ``max_drop`` in points; lm:
     perplexity, lower is better). Each probe prunes a copy of ``model`` by
     ``structure:criterion`` at k, brings it there by ``schedule`` with ``finetune``,
     and measures the validation metric. The lottery schedule needs ``rewind``: the

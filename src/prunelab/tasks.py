@@ -239,25 +239,27 @@ TASKS: dict[str, Task] = {
         "classification", F.cross_entropy, _class_sums,
         Metric("accuracy", lambda s: s["correct"] / s["n"], percent=True),
         _check_classes, _softmax_gradient, _softmax_factors,
-        describe="class scores [N, C] against labels [N]: cross-entropy; accuracy",
+        describe="class scores [N, C] against labels [N]; loss: cross entropy; metric: accuracy",
     ),
     "regression": Task(
         "regression", _mse, _regression_sums, Metric("r2", _r2), _check_regression,
         _mse_gradient, _mse_factors,
-        describe="numbers against targets of the same shape: mean squared error; R²",
+        describe="outputs against float targets of the same size; loss: mean squared error; "
+        "metric: R²",
     ),
     "regression-mse": Task(
         "regression-mse", _mse, _regression_sums,
         Metric("negative_mse", lambda s: -s["loss"] / s["n"]), _check_regression,
         _mse_gradient, _mse_factors,
-        describe="as regression, measured by the negative mean squared error",
+        describe="as regression, with the negative mean squared error as its metric",
     ),
-    "language-model": Task(
-        "language-model", _next_token_loss, _token_sums,
+    "lm": Task(
+        "lm", _next_token_loss, _token_sums,
         Metric("perplexity", _perplexity, higher_is_better=False), _check_tokens,
         _token_gradient, _token_factors,
-        describe="logits [N, T, V] against the tokens [N, T]: each position predicts the "
-        "next token; next-token cross-entropy; perplexity (lower is better)",
+        describe="a language model's logits [N, T, V] against its tokens [N, T], each "
+        "position predicting the next; loss: cross entropy; metric: perplexity (lower is "
+        "better)",
     ),
 }  # fmt: skip
 
