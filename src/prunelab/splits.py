@@ -80,12 +80,11 @@ class StreamSplit:
     def _loader(self, batch_size: int, generator: torch.Generator | None) -> Iterable:
         if not isinstance(self.source, TorchDataset):
             return self.source
-        shuffle = generator is not None and not isinstance(self.source, IterableDataset)
-        return DataLoader(
-            self.source, batch_size=batch_size, shuffle=shuffle,
-            generator=generator if shuffle else None, num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
-        )  # fmt: skip
+        order = None  # the order an in-memory split draws from the same generator
+        if generator is not None and not isinstance(self.source, IterableDataset):
+            order = torch.randperm(len(self.source), generator=generator).tolist()
+        return DataLoader(self.source, batch_size=batch_size, sampler=order,
+                          num_workers=self.workers, pin_memory=self.device.type == "cuda")  # fmt: skip
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
         for batch in self._loader(batch_size, generator):
