@@ -78,17 +78,20 @@ def exact_diagonal(model, x, y, loss, kind):
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     for xi, yi in zip(x, y, strict=True):
 
-        def output_of(*values):
+        def output_of(*values, xi=xi):
             named = dict(zip(params, values, strict=True))
             return torch.func.functional_call(model, named, (xi[None],))[0]
+
+        def sample_loss(o, yi=yi):
+            return loss(o[None], yi[None])
 
         out = output_of(*params.values()).detach()
         jac = torch.autograd.functional.jacobian(output_of, tuple(params.values()))
         if kind == "gauss-newton":
-            h = torch.autograd.functional.hessian(lambda o: loss(o[None], yi[None]), out)
+            h = torch.autograd.functional.hessian(sample_loss, out)
             h = h.reshape(out.numel(), out.numel())
         else:
-            g = torch.autograd.functional.jacobian(lambda o: loss(o[None], yi[None]), out)
+            g = torch.autograd.functional.jacobian(sample_loss, out)
             h = torch.outer(g.flatten(), g.flatten())
         for (name, p), j in zip(params.items(), jac, strict=True):
             j = j.reshape(out.numel(), -1)
@@ -148,7 +151,8 @@ class Block(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        hidden = 4 * width
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
     def forward(self, x):
         t = x.shape[1]

@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunelab.data import DataError, Dataset, load_dataset
+from prunelab.factories import is_factory
 from prunelab.models import ModelConfig, build_model, evaluating, first_tensor
 from prunelab.paths import RunPaths
 from prunelab.results import renamed
@@ -21,6 +22,7 @@ from prunelab.storage import atomic_write_text, load_state_dict, save_state_dict
 from prunelab.study_config import RunOptions, StudyConfig
 from prunelab.tasks import TASKS
 from prunelab.train import evaluate, train
+from prunelab.user_data import load_user_data
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,8 +40,9 @@ _BASES: dict[tuple, BaseModels] = {}
 
 
 def _bases_key(config: StudyConfig, options: RunOptions) -> tuple:
-    return (config.dataset, config.val_size, config.train_limit, str(options.data_dir),
-            options.download, options.device, str(options.out))  # fmt: skip
+    return (config.dataset, json.dumps(config.data_kwargs, sort_keys=True), config.task,
+            config.val_size, config.train_limit, str(options.data_dir), options.download,
+            options.device, str(options.out))  # fmt: skip
 
 
 def bases_for(config: StudyConfig, options: RunOptions) -> BaseModels:
@@ -106,6 +109,12 @@ def check_takes(model: nn.Module, data: Dataset) -> None:
 
 
 def load_study_data(config: StudyConfig, options: RunOptions, device: torch.device) -> Dataset:
+    """The study's dataset on ``device``: a built-in one, or your own ``--data``."""
+    if is_factory(config.dataset):
+        data = load_user_data(config.dataset, config.data_source, config.data_kwargs,
+                              TASKS[config.task], val_size=config.val_size,
+                              train_limit=config.train_limit)  # fmt: skip
+        return data.to(device)
     data = load_dataset(
         config.dataset,
         data_dir=options.data_dir,

@@ -34,13 +34,14 @@ def _add_settings(p: argparse.ArgumentParser, settings: Sequence[Setting]) -> No
     """One option per setting; an option not given is absent from the namespace."""
     for s in settings:
         common = {"dest": s.path, "default": argparse.SUPPRESS, "help": s.help.replace("%", "%%")}
+        names = [f"--{flag}" for flag in (s.flag, *s.aliases)]
         if s.is_flag:
-            p.add_argument(f"--{s.flag}", action=argparse.BooleanOptionalAction, **common)
+            p.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
             continue
         metavar = s.flag.upper().replace("-", "_")
         if s.choices is not None and not s.is_list:
             metavar = "{" + ",".join(s.choices) + "}"
-        p.add_argument(f"--{s.flag}", type=_parser_of(s), metavar=metavar, **common)
+        p.add_argument(*names, type=_parser_of(s), metavar=metavar, **common)
 
 
 def _parser_of(setting: Setting) -> Callable[[str], Any]:

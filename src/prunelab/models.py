@@ -28,7 +28,7 @@ class ModelConfig:
                 "file.py:function, returning an nn.Module"
             ),
             "flag": "model",
-            "choices": lambda: _Choices(MODELS),
+            "choices": lambda: factories.Choices(MODELS),
             "what": "model",
         },
     )
@@ -231,13 +231,6 @@ def build_model(
             return factories.build(config.name, config.source, config.kwargs, num_classes, shape)
         return MODELS[config.name].build(config.sizes, config.dropout, num_classes=num_classes,
                                          shape=shape)  # fmt: skip
-
-
-class _Choices(dict):
-    """The registered models, and any ``module:function`` of your own."""
-
-    def __contains__(self, name: object) -> bool:
-        return super().__contains__(name) or (isinstance(name, str) and factories.is_factory(name))
 
 
 # Layers that map a zero channel or feature to zero, position by position.

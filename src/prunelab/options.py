@@ -34,6 +34,7 @@ class Setting:
     help: str  # what it is and its default
     choices: Collection | None = None
     what: str = ""  # what one value is, for errors (default: the flag)
+    aliases: tuple[str, ...] = ()  # other command-line names
 
     @property
     def is_flag(self) -> bool:
@@ -171,7 +172,8 @@ def _walk(
             text, choices = _called(meta["help"]), _called(meta.get("choices"))
             flag = flag_prefix + meta.get("flag", f.name.replace("_", "-"))
             text = " ".join(filter(None, (text, notes.get(f.name, of))))
-            yield Setting(path, flag, hint, text, choices, meta.get("what", ""))
+            yield Setting(path, flag, hint, text, choices, meta.get("what", ""),
+                          meta.get("aliases", ()))  # fmt: skip
 
 
 def _called(value: Any) -> Any:

@@ -70,7 +70,8 @@ class StreamSplit:
 
     def __len__(self) -> int:
         if self._length is None:
-            dataset = getattr(self.source, "dataset", self.source)
+            source = self.source
+            dataset = source.dataset if isinstance(source, DataLoader) else source
             try:
                 self._length = len(dataset)
             except TypeError:  # an iterable dataset: counted once
@@ -83,8 +84,9 @@ class StreamSplit:
         order = None  # the order an in-memory split draws from the same generator
         if generator is not None and not isinstance(self.source, IterableDataset):
             order = torch.randperm(len(self.source), generator=generator).tolist()
+        pin = self.device.type == "cuda"
         return DataLoader(self.source, batch_size=batch_size, sampler=order,
-                          num_workers=self.workers, pin_memory=self.device.type == "cuda")  # fmt: skip
+                          num_workers=self.workers, pin_memory=pin)  # fmt: skip
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
         for batch in self._loader(batch_size, generator):

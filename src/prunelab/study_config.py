@@ -12,6 +12,7 @@ from typing import Any
 from prunelab.config import canonical, config_id, read_config
 from prunelab.data import DATASETS
 from prunelab.executors import EXECUTORS
+from prunelab.factories import Choices, absolute, fingerprint, is_factory
 from prunelab.migrate import ensure_migrated
 from prunelab.models import ModelConfig
 from prunelab.options import Setting, apply, check_choice, listing, settings_of
@@ -34,7 +35,10 @@ def _default_finetune() -> TrainConfig:
 
 
 # What the dense model depends on, and what a cell adds to it (the grid aside).
-BASE_SETTINGS = ("dataset", "task", "val_size", "train_limit", "model", "train", "seed")
+BASE_SETTINGS = (
+    "dataset", "data_kwargs", "data_source", "task", "val_size", "train_limit", "model",
+    "train", "seed",
+)  # fmt: skip
 
 
 CELL_SETTINGS = ("finetune", "prune_last", "schedule", "ignore", "include")
@@ -46,8 +50,17 @@ class StudyConfig:
     (``prunelab.config.canonical``); the grid (methods, ks, seeds) picks the cells."""
 
     dataset: str = field(
-        default="mnist", metadata={"help": lambda: listing(DATASETS), "choices": DATASETS}
+        default="mnist",
+        metadata={"help": lambda: listing(DATASETS) + "; or your own, package.module:function "
+                  "or file.py:function (prunelab.user_data says what it returns)",
+                  "choices": lambda: Choices(DATASETS), "aliases": ("data",)},
+    )  # fmt: skip
+    data_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        hash=False,
+        metadata={"help": "keyword arguments of your --data function, as JSON"},
     )
+    data_source: str | None = None  # the fingerprint of your --data function's file
     task: str = field(
         default="classification",
         metadata={"help": lambda: "the loss and the metric: " + listing(TASKS), "choices": TASKS},
@@ -105,13 +118,9 @@ class StudyConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("dataset", self.dataset, Choices(DATASETS))
         check_choice("task", self.task, TASKS)
-        spec = DATASETS[self.dataset]  # the model reads its images and gives its classes
-        model = self.model.for_data(spec.shape, spec.classes) if spec.shape is not None else \
-            replace(self.model, input_shape=None, classes=None)  # a folder: as read  # fmt: skip
-        if model != self.model:
-            object.__setattr__(self, "model", model)
+        self._fit_model()
         if not self.methods or not self.ks:
             raise ValueError("a study needs at least one method and one k")
         for method in self.methods:
@@ -124,6 +133,25 @@ class StudyConfig:
             raise ValueError(f"`calibration_size` must be positive, got {self.calibration_size}")
         for k in self.ks:
             check_k(k)
+
+    def _fit_model(self) -> None:
+        """The model reads the dataset's inputs and gives its classes; a folder of images
+        and your own data say what they are only when read."""
+        if is_factory(self.dataset):
+            object.__setattr__(self, "dataset", absolute(self.dataset, "--data"))
+            if self.data_source is None:
+                object.__setattr__(self, "data_source", fingerprint(self.dataset, "--data"))
+            spec = None
+        else:
+            if self.data_kwargs:
+                raise ValueError("--data-kwargs is for your own --data function")
+            spec = DATASETS[self.dataset]
+        if spec is not None and spec.shape is not None:
+            model = self.model.for_data(spec.shape, spec.classes)
+        else:
+            model = replace(self.model, input_shape=None, classes=None)
+        if model != self.model:
+            object.__setattr__(self, "model", model)
 
     @property
     def metric(self) -> Metric:
