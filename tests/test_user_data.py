@@ -106,7 +106,8 @@ def project(tmp_path):
     return tmp_path, prunelab
 
 
-QUICK = ("--epochs", "2", "--finetune-epochs", "1", "--batch-size", "50", "--lr", "0.01", "--out", "run")
+QUICK = ("--epochs", "2", "--finetune-epochs", "1", "--batch-size", "50", "--lr", "0.01",
+         "--out", "run")  # fmt: skip
 
 
 def test_a_residual_cnn_on_your_streamed_data_goes_through_study_budget_and_export(project):
@@ -204,4 +205,5 @@ def test_a_changed_data_function_is_refused_by_its_run(project):
     assert again.returncode == 2 and "Traceback" not in again.stderr
     assert "a different data_source" in again.stderr, again.stderr
     export = prunelab("export", "run", "--method", "weight", "--k", "0.5", "-o", "w.st")
-    assert export.returncode == 2 and "user.py changed since this run was configured" in export.stderr
+    assert export.returncode == 2
+    assert "user.py changed since this run was configured" in export.stderr
