@@ -113,8 +113,11 @@ def _carve(train: AnySplit, val_size: int, seed: int, name: str) -> tuple[AnySpl
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = order[:val_size], order[val_size:]
     if isinstance(train, Split):
-        return Split(train.x[train_idx], train.y[train_idx]), Split(train.x[val_idx],
-                                                                    train.y[val_idx])
+        kept, carved = (
+            Split(train.x[train_idx], train.y[train_idx]),
+            Split(train.x[val_idx], train.y[val_idx]),
+        )
+        return kept, carved
     dataset = _indexable(train, name)
     return (_rewrapped(train, Subset(dataset, train_idx.tolist())),
             _rewrapped(train, Subset(dataset, val_idx.tolist())))  # fmt: skip
