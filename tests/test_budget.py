@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from prunelab.budget import K_MAX, Probe, find_budget, search
+from prunelab.budget import K_MAX, Probe, Rewind, find_budget, search
 from prunelab.data import load_dataset
 from prunelab.models import ModelConfig, build_model, prunable_layers
 from prunelab.tasks import METRICS
@@ -109,3 +109,23 @@ def test_budget_command_and_its_k_rerun_as_a_study(tiny_data_dir, tmp_path):
 def test_budget_bad_input_is_one_line(args, message):
     result = run("budget", *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_lottery_of_your_own_model_rewinds_to_the_state_you_give(trained):
+    """With a retraining recipe of 0 epochs, what survives is exactly the rewound weights
+    under the mask: the rewind reached the model. The weights rewound to are the trained
+    ones times 1.01, which a ReLU network classifies alike."""
+    model, loaders = trained
+    early = {name: 1.01 * value for name, value in model.state_dict().items()}
+    with pytest.raises(ValueError, match="rewinds to early dense weights: give rewind="):
+        find_budget(model, loaders["train"], loaders["val"], schedule="lottery")
+    result = find_budget(
+        model, loaders["train"], loaders["val"], schedule="lottery", max_drop=50 - 1e-9,
+        rewind=Rewind(early, TrainConfig(epochs=0)), resolution=0.2,
+    )  # fmt: skip
+    assert result.answer.k > 0
+    for name, value in result.model.state_dict().items():
+        if name.endswith("weight") and name in early:
+            kept = value != 0
+            assert torch.equal(value[kept], early[name][kept])
+            assert 0 < kept.float().mean() < 1 or name == "5.weight"  # the logits layer

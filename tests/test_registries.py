@@ -6,6 +6,7 @@ import pytest
 from prunelab.cli import subcommands
 from prunelab.data import DATASETS
 from prunelab.executors import EXECUTORS
+from prunelab.loggers import LOGGERS
 from prunelab.models import MODELS, ModelConfig, build_model
 from prunelab.prune import PruneMethod
 from prunelab.prune.criteria import CRITERIA, Criterion, magnitude
@@ -33,7 +34,7 @@ def test_every_criterion_and_schedule_renders_in_help_and_descriptions():
     for name, model in MODELS.items():
         assert f"{name}: {model.describe}" in " ".join(text.split())
         build_model(ModelConfig(name))  # its default sizes fit its own rules
-    for registry in (DATASETS, EXECUTORS, TASKS):
+    for registry in (DATASETS, EXECUTORS, TASKS, LOGGERS):
         for name, entry in registry.items():
             assert f"{name}: {entry.describe}" in " ".join(text.split()), name
 
@@ -65,7 +66,7 @@ def test_the_architecture_notes_point_at_each_registry():
     root = Path(__file__).parent.parent
     text = (root / "docs" / "ARCHITECTURE.md").read_text()
     references = re.findall(r"`(src/prunelab/[\w/]+\.py):(\d+)` `(\w+)`", text)
-    assert len(references) == 9
+    assert len(references) == 10
     for path, line, name in references:
         line_text = (root / path).read_text().splitlines()[int(line) - 1]
         assert line_text.startswith(name), f"{name} moved: update docs/ARCHITECTURE.md"

@@ -151,6 +151,14 @@ def test_a_regression_mlp_is_measured_in_r2_and_its_budget_in_r2_units(project):
                       *QUICK, "--epochs", "20", "--resolution", "0.2")  # fmt: skip
     assert budget.returncode == 0, budget.stderr
     assert "r2" in budget.stdout
+    lottery = prunelab("study", "--data", "user:regression", "--model", "user:mlp", "--task",
+                       "regression", "--methods", "weight", "--ks", "0.5", "--schedule",
+                       "lottery", "--rounds", "2", "--rewind-steps", "5", *QUICK,
+                       "--out", "lottery")  # fmt: skip
+    assert lottery.returncode == 0, lottery.stderr
+    with open(folder / "lottery" / "results.csv") as f:
+        phases = {row["phase"] for row in csv.DictReader(f) if row["schedule"] == "lottery"}
+    assert phases == {"oneshot", "finetuned", "reinit"}
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -14,6 +16,7 @@ from tqdm.auto import tqdm
 
 from prunelab.data import DataError, Dataset, load_dataset
 from prunelab.factories import is_factory
+from prunelab.loggers import Loggers
 from prunelab.models import ModelConfig, build_model, evaluating, first_tensor
 from prunelab.paths import RunPaths
 from prunelab.results import renamed
@@ -50,7 +53,7 @@ def bases_for(config: StudyConfig, options: RunOptions) -> BaseModels:
     if key not in _BASES:
         device = resolve_device(options.device)
         data = load_study_data(config, options, device)
-        _BASES[key] = BaseModels(data, RunPaths(Path(options.out)), device)
+        _BASES[key] = BaseModels(data, RunPaths(Path(options.out)), device, options.log)
     return _BASES[key]
 
 
@@ -67,16 +70,25 @@ def forget_bases(config: StudyConfig, options: RunOptions) -> None:
 class BaseModels:
     """The trained dense models of a run directory, loaded (or trained) once each."""
 
-    def __init__(self, data: Dataset, paths: RunPaths, device: torch.device):
-        self.data, self.paths, self.device = data, paths, device
+    def __init__(
+        self, data: Dataset, paths: RunPaths, device: torch.device, log: tuple[str, ...] = ()
+    ):
+        self.data, self.paths, self.device, self.log = data, paths, device, log
         self._loaded: dict[tuple, tuple[dict, dict | None, dict]] = {}
 
     def get(self, config: StudyConfig) -> tuple[dict, dict | None, dict]:
         """(state, rewind state or None, record) of ``config``'s base model."""
         key = (config.base_id(), rewinds(config), config.schedule.rewind_steps)
         if key not in self._loaded:
-            self._loaded[key] = _base_model(config, self.data, self.paths, self.device)
+            log = partial(self.loggers, config, f"dense-seed{config.seed}")  # if it trains
+            self._loaded[key] = _base_model(config, self.data, self.paths, self.device, log)
         return self._loaded[key]
+
+    def loggers(self, config: StudyConfig, run: str, **params) -> Loggers:
+        """The chosen loggers of one training run of ``config`` (the dense model, a cell)."""
+        described = {"dataset": config.dataset, "task": config.task, "model": config.model.name,
+                     "seed": config.seed, **params}  # fmt: skip
+        return Loggers(self.log, self.paths.root, run, described)
 
 
 def fitted(config: StudyConfig, data: Dataset) -> ModelConfig:
@@ -126,8 +138,9 @@ def load_study_data(config: StudyConfig, options: RunOptions, device: torch.devi
 
 
 def _base_model(
-    config: StudyConfig, data: Dataset, paths: RunPaths, device: torch.device
-) -> tuple[dict, dict | None, dict]:
+    config: StudyConfig, data: Dataset, paths: RunPaths, device: torch.device,
+    open_log: Callable[[], Loggers],
+) -> tuple[dict, dict | None, dict]:  # fmt: skip
     """Train the dense model once; later runs with the same settings load it.
 
     Returns its state, the state ``rewind_steps`` into its training (rewinding
@@ -163,8 +176,13 @@ def _base_model(
         if not need_training:
             trainee = build_model(fitted(config, data), seed=config.seed).to(device)
         snapshot = _Snapshot(config.schedule.rewind_steps, trainee)
-        history = train(trainee, data.train, data.val, config.train, seed=config.seed,
-                        after_step=snapshot, desc="dense", task=data.task)  # fmt: skip
+        log = open_log()
+        try:
+            history = train(trainee, data.train, data.val, config.train, seed=config.seed,
+                            after_step=snapshot, desc="dense", task=data.task,
+                            log=log.of("dense"))  # fmt: skip
+        finally:
+            log.close()
         save_state_dict(snapshot.model, rewind_path)
         if need_training:
             test = evaluate(model, data.test, task=data.task)

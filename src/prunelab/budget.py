@@ -357,7 +357,7 @@ def _search_all(
     paths: RunPaths, device: torch.device, max_drop: float, resolution: float,
 ) -> list[BudgetAnswer]:  # fmt: skip
     data = load_study_data(config, options, device)
-    bases = BaseModels(data, paths, device)
+    bases = BaseModels(data, paths, device, options.log)
     answers = []
     for method, schedule in plans:
         cell_config = replace(config, methods=(method.name,), schedule=schedule, seeds=1)

@@ -76,6 +76,7 @@ class Job:
     seed: int
     ignore: tuple[str, ...] = ()  # fnmatch patterns of layers left alone
     include: tuple[str, ...] = ()  # patterns of the only layers pruned (none: every layer)
+    log: Callable[[EpochRecord], None] | None = None  # gets each training epoch as it ends
 
 
 @dataclass(frozen=True)
@@ -128,11 +129,11 @@ def finetune(
             pass  # not a plain chain of layers: hold the masks instead
         else:
             history = train(small, job.data.train, job.data.val, config, seed=seed, desc=desc,
-                            task=job.data.task)  # fmt: skip
+                            task=job.data.task, log=job.log)  # fmt: skip
             expand_(model, small, kept)
             return history
-    return train(model, job.data.train, job.data.val, config, seed=seed,
-                 after_step=masks.holder(model), desc=desc, task=job.data.task)  # fmt: skip
+    return train(model, job.data.train, job.data.val, config, seed=seed, desc=desc,
+                 after_step=masks.holder(model), task=job.data.task, log=job.log)  # fmt: skip
 
 
 def _renumber(histories: list[list[EpochRecord]]) -> list[EpochRecord]:
@@ -180,7 +181,7 @@ def gradual(model: nn.Module, job: Job, schedule: Schedule, dense: DenseRun | No
     pruner = GradualPruner(job, round(schedule.ramp * steps), schedule.every)
     history = train(model, job.data.train, job.data.val, config, seed=job.seed,
                     after_step=pruner, desc=f"gradual {job.method.name}",
-                    task=job.data.task)  # fmt: skip
+                    task=job.data.task, log=job.log)  # fmt: skip
     if pruner.masks is None or pruner.step < pruner.end:  # too few steps to finish the ramp
         pruner.masks = prune_job(model, job, job.k, pruner.masks)
     return Outcome(history, pruner.masks)

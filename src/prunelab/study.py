@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,6 +33,7 @@ from prunelab.csr import to_csr
 from prunelab.data import Dataset
 from prunelab.executors import Execution, run_cells
 from prunelab.export import dense_bytes, save_sparse
+from prunelab.loggers import check_loggers
 from prunelab.metrics import (
     flops,
     latency_ms,
@@ -47,6 +49,7 @@ from prunelab.paths import RunPaths
 from prunelab.provenance import environment
 from prunelab.prune import PruneMethod
 from prunelab.prune.groups import Graph, dead
+from prunelab.prune.method import file_safe
 from prunelab.results import (
     EPOCH_COLUMNS,
     LAYER_COLUMNS,
@@ -61,7 +64,7 @@ from prunelab.rundir import RunLock, check_compatible
 from prunelab.schedules import DenseRun, Job, Outcome, finetune, prune_job, run_schedule
 from prunelab.storage import atomic_write_text
 from prunelab.study_config import RunOptions, StudyConfig, study_cells
-from prunelab.train import evaluate
+from prunelab.train import EpochRecord, evaluate
 
 
 @dataclass
@@ -87,6 +90,7 @@ def run_study(config: StudyConfig, options: RunOptions | None = None) -> StudyRe
     options = options or RunOptions()
     execution = Execution(options.executor, options.workers, options.ray_address, options.threads)
     execution.check()
+    check_loggers(options.log)
     paths = RunPaths(Path(options.out))
     device = resolve_device(options.device)
     with RunLock(paths.root):
@@ -162,8 +166,14 @@ def run_cell(config: StudyConfig, method: PruneMethod, k: float, bases: BaseMode
     if cell_path.exists():
         return _with_defaults(json.loads(cell_path.read_text()), config.seed)
     base_state, rewind_state, _ = bases.get(config)
-    cell = _run_cell(config, base_state, rewind_state, method, k, bases.data, bases.device,
-                     paths.cell_model(cell_path.stem))  # fmt: skip
+    log = bases.loggers(config, f"{file_safe(method.name)}-k{k:g}-seed{config.seed}",
+                        method=method.name, k=k, schedule=config.schedule.name)  # fmt: skip
+    try:
+        cell = _run_cell(config, base_state, rewind_state, method, k, bases.data, bases.device,
+                         paths.cell_model(cell_path.stem), log.of("finetune"))  # fmt: skip
+        log.summary(_summary(cell))
+    finally:
+        log.close()
     cell["provenance"] = environment(bases.device)
     atomic_write_text(cell_path, json.dumps(cell, indent=1))
     paths.cell_failure(cell_path.stem).unlink(missing_ok=True)
@@ -175,6 +185,14 @@ def run_cell(config: StudyConfig, method: PruneMethod, k: float, bases: BaseMode
         f"({final['seconds']:.1f} s)"
     )
     return cell
+
+
+def _summary(cell: dict) -> dict[str, float]:
+    """What loggers get of a finished cell: each layer's sparsity, the final figures."""
+    final = cell["results"][1]
+    keys = ("sparsity", "units_removed", "test_metric", "test_loss", "val_metric", "params")
+    return {**{f"sparsity/{row['layer']}": row["sparsity"] for row in cell["layers"]},
+            **{f"final/{key}": final[key] for key in keys}}  # fmt: skip
 
 
 def _with_defaults(cell: dict, seed: int) -> dict:
@@ -197,6 +215,7 @@ def _run_cell(
     data: Dataset,
     device: torch.device,
     model_path: Path,
+    log: Callable[[EpochRecord], None] | None = None,
 ) -> dict:
     model_config = fitted(config, data)
     model = build_model(model_config).to(device)
@@ -205,7 +224,7 @@ def _run_cell(
     if method.needs_data:
         batches = data.train.sample(config.calibration_size, config.seed)
     job = Job(method, k, data, config.finetune, batches, config.prune_last, config.seed,
-              config.ignore, config.include)  # fmt: skip
+              config.ignore, config.include, log)  # fmt: skip
     measure = partial(_measure, data=data, method=method, k=k, config=config)
     start = time.perf_counter()
     masks = prune_job(model, job, k)

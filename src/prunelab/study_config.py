@@ -13,6 +13,7 @@ from prunelab.config import canonical, config_id, read_config
 from prunelab.data import DATASETS
 from prunelab.executors import EXECUTORS
 from prunelab.factories import Choices, absolute, fingerprint, is_factory
+from prunelab.loggers import LOGGERS
 from prunelab.migrate import ensure_migrated
 from prunelab.models import ModelConfig
 from prunelab.options import Setting, apply, check_choice, listing, settings_of
@@ -288,6 +289,12 @@ class RunOptions:
         default=None,
         metadata={"help": "address of an existing Ray cluster, e.g. 10.0.0.1:6379 "
                   "(default: start a local one)"},
+    )  # fmt: skip
+    log: tuple[str, ...] = field(
+        default=("csv",),
+        metadata={"help": lambda: "comma-separated loggers of each training run's epochs, "
+                  "per-layer sparsity and results: " + listing(LOGGERS),
+                  "choices": lambda: LOGGERS, "what": "logger"},
     )  # fmt: skip
     threads: int | None = field(
         default=None,
