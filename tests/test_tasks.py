@@ -14,7 +14,7 @@ from torch import nn
 from prunelab import compact, find_budget, prune
 from prunelab.prune.curvature import empirical_fisher_diagonal, gauss_newton_diagonal
 from prunelab.splits import Split
-from prunelab.tasks import TASKS, TaskError
+from prunelab.tasks import TASKS, TaskError, custom_task
 from prunelab.train import TrainConfig, evaluate, train
 
 TEXT = (Path(__file__).parent / "fixtures" / "pruning.txt").read_text()
@@ -225,3 +225,27 @@ def test_the_budget_of_a_language_model_is_read_in_perplexity(language_model):
         within = probe.val_metric <= answer.dense_val_metric + 0.5
         assert within == (probe.k <= answer.k), (probe, answer.k)
     assert "perplexity" in answer.sentence
+
+
+def test_a_task_of_two_callables_streams_its_metric_and_gives_fisher_its_gradients():
+    generator = torch.Generator().manual_seed(2)
+    x, y = torch.randn(40, 3, generator=generator), torch.randn(40, 2, generator=generator)
+    model = nn.Linear(3, 2)
+    mae = custom_task(F.mse_loss, lambda o, t: (o - t).abs().mean(), name="mae",
+                      higher_is_better=False)  # fmt: skip
+    with torch.no_grad():
+        expected = (model(x) - y).abs().mean().item()
+    assert evaluate(model, Split(x, y), batch_size=16, task=mae).metric == pytest.approx(expected)
+    layers = {"": model}
+    ours = empirical_fisher_diagonal(model, layers, [(x, y)], mae)
+    theirs = empirical_fisher_diagonal(model, layers, [(x, y)], "regression")
+    torch.testing.assert_close(ours[""]["weight"], theirs[""]["weight"])
+    with pytest.raises(ValueError, match="gives no gauss-newton factors"):
+        gauss_newton_diagonal(model, layers, [(x, y)], mae)
+    loaders = [list(Split(x, y).batches(10))] * 2
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+    answer = find_budget(model, *loaders, structure="weight", task=mae, max_drop=0.05,
+                         finetune=TrainConfig(epochs=0), resolution=0.2).answer  # fmt: skip
+    assert answer.metric == "mae" and "mae" in answer.sentence
+    for probe in answer.probes:  # lower is better: within means at most 0.05 above dense
+        assert (probe.val_metric <= answer.dense_val_metric + 0.05) == (probe.k <= answer.k)

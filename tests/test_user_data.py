@@ -113,7 +113,8 @@ QUICK = ("--epochs", "2", "--finetune-epochs", "1", "--batch-size", "50", "--lr"
 def test_a_residual_cnn_on_your_streamed_data_goes_through_study_budget_and_export(project):
     folder, prunelab = project
     study = prunelab("study", "--data", "user:stripes", "--model", "user:cnn", "--val-size",
-                     "100", "--methods", "unit,unit:obd", "--ks", "0.5", *QUICK)  # fmt: skip
+                     "100", "--methods", "unit,unit:obd", "--ks", "0.5", "--data-workers", "1",
+                     *QUICK)  # fmt: skip
     assert study.returncode == 0, study.stderr
     config = json.loads((folder / "run" / "config.json").read_text())
     assert config["dataset"] == "user:stripes" and config["data_source"].startswith("sha256:")

@@ -125,7 +125,8 @@ def load_study_data(config: StudyConfig, options: RunOptions, device: torch.devi
     if is_factory(config.dataset):
         data = load_user_data(config.dataset, config.data_source, config.data_kwargs,
                               TASKS[config.task], val_size=config.val_size,
-                              train_limit=config.train_limit)  # fmt: skip
+                              train_limit=config.train_limit,
+                              workers=options.data_workers)  # fmt: skip
         return data.to(device)
     data = load_dataset(
         config.dataset,

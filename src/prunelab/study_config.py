@@ -270,6 +270,11 @@ class RunOptions:
                   "class folders of images; default: the "
                   "cache, an installed copy, else a download)"},
     )  # fmt: skip
+    data_workers: int = field(
+        default=0,
+        metadata={"help": "processes that load batches of a Dataset your --data function "
+                  "returns (a DataLoader keeps its own)"},
+    )  # fmt: skip
     device: str = field(
         default="auto",
         metadata={"help": "where to compute", "choices": ("auto", "cpu", "cuda")},

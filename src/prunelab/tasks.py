@@ -264,10 +264,53 @@ TASKS: dict[str, Task] = {
 }  # fmt: skip
 
 
-def task_of(task: str | Task) -> Task:
-    """A task by name, or the task itself."""
+def custom_task(
+    loss: Callable[[Tensor, Tensor], Tensor],
+    metric: Callable[[Tensor, Tensor], Tensor | float],
+    *,
+    name: str = "metric",
+    higher_is_better: bool = True,
+) -> Task:
+    """A task of two callables: ``loss(outputs, targets)``, the batch's mean loss, and
+    ``metric(outputs, targets)``, the batch's mean metric (averaged over batches by
+    their sizes). A sample's loss gradient comes from autograd; there is no
+    Gauss-Newton factor, so obd refuses it (fisher, taylor and the rest take it).
+    The metric is registered in ``METRICS`` under ``name``, for answers to show."""
+
+    def sums(output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        n = len(output)
+        value = torch.as_tensor(metric(output, target), dtype=torch.float64)
+        return {"loss": loss(output, target).double() * n, "metric": value * n,
+                "n": torch.tensor(n, device=output.device)}  # fmt: skip
+
+    def check(output: Tensor, target: Tensor) -> None:
+        try:
+            value = loss(output, target)
+        except Exception as err:
+            raise TaskError(f"the loss fails on the model's outputs {list(output.shape)} and "
+                            f"the targets {list(target.shape)}: {err}") from err  # fmt: skip
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            raise TaskError("the loss must return one number, the batch's mean")
+
+    def sample_gradients(output: Tensor, target: Tensor) -> list[Tensor]:
+        """Of each sample's loss: the gradient of the batch's summed loss."""
+        with torch.enable_grad():
+            output = output.detach().requires_grad_()
+            (gradient,) = torch.autograd.grad(loss(output, target) * len(output), output)
+        return [gradient]
+
+    measured = Metric(name, lambda s: s["metric"] / s["n"], higher_is_better)
+    METRICS[name] = measured
+    return Task("custom", loss, sums, measured, check, sample_gradients,
+                describe="your loss and metric")  # fmt: skip
+
+
+def task_of(task: str | Task | tuple) -> Task:
+    """A task by name, the task itself, or one of two callables (loss, metric)."""
     if isinstance(task, Task):
         return task
+    if isinstance(task, tuple) and len(task) == 2 and all(map(callable, task)):
+        return custom_task(*task)
     check_choice("task", task, TASKS)
     return TASKS[task]
 

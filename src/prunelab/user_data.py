@@ -31,9 +31,10 @@ FLAG = "--data"
 
 def load_user_data(
     name: str, source: str | None, kwargs: Mapping[str, Any], task: Task, *,
-    val_size: int, train_limit: int | None, split_seed: int = 0,
+    val_size: int, train_limit: int | None, split_seed: int = 0, workers: int = 0,
 ) -> Dataset:  # fmt: skip
-    """Call the data function (if its file is still ``source``) and make its splits."""
+    """Call the data function (if its file is still ``source``) and make its splits; a
+    ``Dataset`` is loaded by ``workers`` processes."""
     factories.check_unchanged(name, source, FLAG)
     function = factories.load(name, FLAG)
     try:
@@ -41,7 +42,8 @@ def load_user_data(
     except Exception as err:
         raise DataError(f"{FLAG} {name!r}: calling it with {dict(kwargs)} fails: "
                         f"{type(err).__name__}: {err}") from err  # fmt: skip
-    train, val, test = (_split(part, key, name) for key, part in _parts(returned, name).items())
+    parts = _parts(returned, name).items()
+    train, val, test = (_split(part, key, name, workers) for key, part in parts)
     if val is None:
         train, val = _carve(train, val_size, split_seed, name)
     if train_limit is not None:
@@ -64,7 +66,7 @@ def _parts(returned: Any, name: str) -> dict[str, Any]:
                     "'train', 'val' and 'test', or a tuple (train, val, test)")  # fmt: skip
 
 
-def _split(part: Any, key: str, name: str) -> AnySplit | None:
+def _split(part: Any, key: str, name: str, workers: int) -> AnySplit | None:
     """A returned split as the training loop reads it."""
     if part is None:
         if key != "val":
@@ -80,7 +82,7 @@ def _split(part: Any, key: str, name: str) -> AnySplit | None:
                             f"{len(y)} targets")  # fmt: skip
         return Split(x, y)
     if isinstance(part, (TorchDataset, DataLoader)):
-        return StreamSplit(part)
+        return StreamSplit(part, workers=workers)
     raise DataError(f"{FLAG} {name!r}: the {key} split is a {type(part).__name__}; give "
                     "a torch Dataset, a DataLoader or a pair of tensors")  # fmt: skip
 
