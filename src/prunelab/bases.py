@@ -155,21 +155,7 @@ def _base_model(
     rewind_path = paths.rewind_model(base_id, config.schedule.rewind_steps)
     need_training = not (weights.exists() and record.exists())
     if not need_training:
-        try:
-            dense = renamed(json.loads(record.read_text()))
-        except Exception as err:  # a damaged file must not take a traceback with it
-            raise DataError(f"cannot read {record} ({err}); delete it to retrain") from err
-        if dense.get("data") not in (None, data.fingerprint):  # (older runs: not recorded)
-            raise DataError(
-                f"the stored dense model {weights} was trained on other {config.dataset} data "
-                f"(from {dense.get('data_source')}, now {data.source}); use another --out"
-            )
-        try:
-            load_state_dict(model, weights)
-        except Exception as err:
-            raise DataError(
-                f"cannot load the stored dense model {weights} ({err}); delete it to retrain"
-            ) from err
+        dense = _stored(model, config, data, paths)
     if need_training or (rewinding and not rewind_path.exists()):
         # Training is deterministic from its seed: a rerun made only for a missing
         # rewind snapshot retraces the stored model's path.
@@ -209,6 +195,29 @@ def _base_model(
         load_state_dict(rewound, rewind_path)
         rewind = rewound.state_dict()
     return state, rewind, dense
+
+
+def _stored(model: nn.Module, config: StudyConfig, data: Dataset, paths: RunPaths) -> dict:
+    """The stored dense model's record, its weights loaded into ``model``; a DataError
+    where either cannot be read or it was trained on other data."""
+    base_id = config.base_id()
+    weights, record = paths.base_model(base_id), paths.base_record(base_id)
+    try:
+        dense = renamed(json.loads(record.read_text()))
+    except Exception as err:  # a damaged file must not take a traceback with it
+        raise DataError(f"cannot read {record} ({err}); delete it to retrain") from err
+    if dense.get("data") not in (None, data.fingerprint):  # (older runs: not recorded)
+        raise DataError(
+            f"the stored dense model {weights} was trained on other {config.dataset} data "
+            f"(from {dense.get('data_source')}, now {data.source}); use another --out"
+        )
+    try:
+        load_state_dict(model, weights)
+    except Exception as err:
+        raise DataError(
+            f"cannot load the stored dense model {weights} ({err}); delete it to retrain"
+        ) from err
+    return dense
 
 
 class _Snapshot:
