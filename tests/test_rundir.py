@@ -17,6 +17,7 @@ import torch
 from prunelab import study as study_module
 from prunelab import study_config
 from prunelab.models import ModelConfig, build_model
+from prunelab.report import write_report
 from prunelab.results import renamed
 from prunelab.rundir import RunDirError, RunLock
 from prunelab.study import run_study
@@ -164,6 +165,8 @@ def test_a_0_1_0_run_directory_resumes_after_a_setting_is_added(
     resumed = [{key: row[key] for key in stored[0]} for row in results_without_timing(run_dir)]
     assert resumed == stored
     assert not list(run_dir.glob("cells/a9044f4e595f1866.*"))  # renamed, not copied
+    write_report(run_dir)  # its dense record still names the metric for accuracy
+    assert "dense model | test accuracy" in (run_dir / "report.md").read_text()
     cells = count_cells(monkeypatch)
     grown_grid = run_study(replace(config, ks=(0.5, 0.9)), options)
     assert len(cells) == 2 and {row["k"] for row in grown_grid.results} == {0.5, 0.9}

@@ -12,10 +12,6 @@ from prunelab.prune import PruneMethod
 from prunelab.results import mean, seed_groups
 from prunelab.tasks import METRICS, Metric
 
-# The tolerance of `budget` and of the report's answer, in the metric's units (accuracy:
-# points).
-DEFAULT_MAX_DROP = 1.0
-
 
 def largest_k_within(
     rows: list[dict], dense_val: float, max_drop: float, metric: Metric = METRICS["accuracy"]
@@ -69,12 +65,14 @@ class Answer:
 
 
 def answer(
-    method: str, rows: list[dict], dense: dict, max_drop: float = DEFAULT_MAX_DROP,
+    method: str, rows: list[dict], dense: dict, max_drop: float | None = None,
     metric: str = "accuracy",
 ) -> Answer:  # fmt: skip
     """The answer for ``method`` from result rows (several seeds: averaged per k) and
-    the dense model's record (several seeds: their mean, ``mean_dense``)."""
+    the dense model's record (several seeds: their mean, ``mean_dense``), within
+    ``max_drop`` (default: the metric's, ``Metric.tolerance_for``)."""
     m = METRICS[metric]
+    max_drop = m.tolerance_for(dense["val_metric"], max_drop)
     means = seed_means([r for r in rows if r["method"] == method])
     tuned = [r for r in means if r["phase"] == "finetuned"]
     oneshot = [r for r in means if r["phase"] == "oneshot"]

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.answer import DEFAULT_MAX_DROP
 from prunelab.bases import BaseModels, load_study_data, resolve_device
 from prunelab.budget_search import (
     DEFAULT_RESOLUTION,
@@ -36,6 +35,7 @@ from prunelab.budget_search import (
 from prunelab.compact import CompactionError, compact
 from prunelab.data import Dataset
 from prunelab.export import compacted_config, load_sparse, save_sparse
+from prunelab.loggers import check_loggers
 from prunelab.models import evaluating, first_tensor
 from prunelab.options import Setting, apply, settings_of
 from prunelab.paths import RunPaths
@@ -76,9 +76,12 @@ class Search:
         metadata={"help": lambda: f"comma-separated schedules: {', '.join(SCHEDULES)}",
                   "choices": lambda: SCHEDULES, "what": "schedule"},
     )  # fmt: skip
-    max_drop: float = field(
-        default=DEFAULT_MAX_DROP,
-        metadata={"help": "tolerated worsening of the metric, in its units (accuracy: points)"},
+    max_drop: float | None = field(
+        default=None,
+        metadata={
+            "help": "tolerated worsening of the metric, in its units (default: 1 point "
+            "of accuracy, 0.01 of R², else 1% of the dense model's value)"
+        },
     )
     resolution: float = field(
         default=DEFAULT_RESOLUTION, metadata={"help": "resolution of k (0.005: half a point)"}
@@ -123,7 +126,7 @@ def find_budget(
     structure: str = "unit",
     criterion: str = "magnitude",
     schedule: str = "oneshot",
-    max_drop: float = DEFAULT_MAX_DROP,
+    max_drop: float | None = None,
     finetune: TrainConfig | None = None,
     test_loader: Iterable | None = None,
     resolution: float = DEFAULT_RESOLUTION,
@@ -144,7 +147,8 @@ def find_budget(
     itself is left untouched.
     """
     task = task_of(task)
-    task.metric.check_tolerance(max_drop)
+    if max_drop is not None:
+        task.metric.check_tolerance(max_drop)
     method = PruneMethod(structure, criterion)
     schedule_config = Schedule(schedule)
     dense_run = None
@@ -159,6 +163,7 @@ def find_budget(
     batches = data.train.sample(calibration_size, seed)
     dense_val = evaluate(model, data.val, task=task).metric
     dense_test = evaluate(model, test_split, task=task).metric if test_split is not None else None
+    max_drop = task.metric.tolerance_for(dense_val, max_drop)
     models: dict[float, nn.Module] = {}
 
     def probe(k: float) -> Probe:
@@ -230,7 +235,7 @@ def budget_study(
     structure: str,
     criteria: Iterable[str],
     schedules: Iterable[str],
-    max_drop: float,
+    max_drop: float | None = None,
     resolution: float = DEFAULT_RESOLUTION,
 ) -> list[BudgetAnswer]:
     """The budget of a built-in model and dataset, per criterion and schedule.
@@ -241,7 +246,9 @@ def budget_study(
     ``budget.json`` and, per answer, the pruned model (compacted for units,
     sparse for weights) into ``options.out``.
     """
-    config.metric.check_tolerance(max_drop)
+    if max_drop is not None:
+        config.metric.check_tolerance(max_drop)
+    check_loggers(options.log)
     methods = [PruneMethod(structure, criterion) for criterion in criteria]
     plans = [(m, replace(config.schedule, name=name)) for m in methods for name in schedules]
     paths = RunPaths(Path(options.out))
@@ -255,7 +262,7 @@ def budget_study(
 
 def _search_all(
     config: StudyConfig, options: RunOptions, plans: list[tuple[PruneMethod, Schedule]],
-    paths: RunPaths, device: torch.device, max_drop: float, resolution: float,
+    paths: RunPaths, device: torch.device, max_drop: float | None, resolution: float,
 ) -> list[BudgetAnswer]:  # fmt: skip
     data = load_study_data(config, options, device)
     bases = BaseModels(data, paths, device, options.log)
@@ -268,8 +275,9 @@ def _search_all(
             final = run_cell(cell_config, method, k, bases)["results"][1]
             return Probe(k, final["val_metric"], final["test_metric"])
 
-        best, probes = search(probe, dense["val_metric"], max_drop, resolution, config.metric)
-        answer = BudgetAnswer.of(method.name, schedule.name, max_drop, best, probes,
+        tolerance = config.metric.tolerance_for(dense["val_metric"], max_drop)
+        best, probes = search(probe, dense["val_metric"], tolerance, resolution, config.metric)
+        answer = BudgetAnswer.of(method.name, schedule.name, tolerance, best, probes,
                                  dense["val_metric"], dense["test_metric"],
                                  config.metric.name)  # fmt: skip
         if best is not None:

@@ -14,13 +14,13 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prunelab.answer import DEFAULT_MAX_DROP, Answer, answer
+from prunelab.answer import Answer, answer
 from prunelab.paths import RunPaths
 from prunelab.provenance import describe
 from prunelab.prune import PruneMethod
 from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.method import file_safe
-from prunelab.results import mean_dense, read_results
+from prunelab.results import mean_dense, read_results, renamed
 from prunelab.schedules import describe_schedule
 from prunelab.storage import atomic_write_text
 from prunelab.study_config import StudyConfig, open_run, study_cells
@@ -194,16 +194,14 @@ def build_report(run_dir: str | Path) -> Report:
         raise ValueError(
             f"the dense model's record is missing ({', '.join(missing)}); rerun the study"
         )
-    dense = mean_dense([json.loads(path.read_text()) for path in records])
+    dense = mean_dense([renamed(json.loads(path.read_text())) for path in records])
     rows = read_results(paths.results)
     methods = list(dict.fromkeys(row["method"] for row in rows))
     return Report(
         title=f"Pruning {config.model.name} on {config.dataset}",
         what=_describe_methods(config),
         answers=[answer(method, rows, dense, metric=config.metric.name) for method in methods],
-        rule=ANSWER_RULE.format(
-            metric=config.metric.name, tolerance=config.metric.tolerance(DEFAULT_MAX_DROP)
-        ),
+        rule=ANSWER_RULE.format(metric=config.metric.name, tolerance=config.metric.default_words),
         config=_describe_config(config, dense, _provenance(paths, config)),
         figures=_figures(paths.figures, methods, config.metric),
         tables=_summary_tables(paths, rows, config.metric) + [_results_table(rows, config.metric)],

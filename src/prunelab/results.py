@@ -126,8 +126,9 @@ def renamed(record: dict) -> dict:
     """A row or record stored before tasks other than classification, whose metric
     columns were named for accuracy, under today's names (in place)."""
     for split in ("train", "val", "test"):
-        if f"{split}_accuracy" in record:
-            record[f"{split}_metric"] = record.pop(f"{split}_accuracy")
+        for suffix in ("", "_mean", "_std"):
+            if f"{split}_accuracy{suffix}" in record:
+                record[f"{split}_metric{suffix}"] = record.pop(f"{split}_accuracy{suffix}")
     return record
 
 

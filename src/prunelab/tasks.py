@@ -12,7 +12,7 @@ follows its direction.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -33,9 +33,28 @@ class Metric:
     """How good a model is, from sums over batches (``Task.sums``)."""
 
     name: str
-    value: Callable[[dict[str, float]], float]
+    value: Callable[[dict[str, Tensor]], float]
     higher_is_better: bool = True
     percent: bool = False  # shown, and tolerated, in points (0.01)
+    # the tolerance of answers and budgets where none is given: in the metric's units,
+    # or, where None, 1% of the dense model's value (a metric whose scale is the data's)
+    default_tolerance: float | None = None
+
+    def tolerance_for(self, dense: float, given: float | None = None) -> float:
+        """``given``, checked, or the default tolerance around a dense model's value."""
+        if given is None:
+            given = self.default_tolerance
+        if given is None:
+            given = float(f"{0.01 * abs(dense):.2g}")
+        self.check_tolerance(given)
+        return given
+
+    @property
+    def default_words(self) -> str:
+        """The default tolerance, in words."""
+        if self.default_tolerance is None:
+            return f"1% of the dense model's {self.name}"
+        return self.tolerance(self.default_tolerance)
 
     def within(self, value: float, dense: float, tolerance: float) -> bool:
         """Whether ``value`` is worse than ``dense`` by at most ``tolerance`` (points for
@@ -67,9 +86,10 @@ class Task:
 
     ``sums`` gives additive statistics of a batch as tensors: ``loss`` (summed),
     ``n`` (what it was summed over) and whatever the metric reads.
-    ``sample_gradients`` and ``curvature`` return lists of tensors shaped like the
+    ``sample_gradients`` and ``curvature`` give tensors shaped like the
     outputs: the gradient of each sample's loss, and columns of L with L L^T the
-    Hessian of each sample's loss, both with respect to that sample's outputs.
+    Hessian of each sample's loss, both with respect to that sample's outputs (a
+    sample's loss is its mean over its outputs or predicted tokens).
     """
 
     name: str
@@ -77,8 +97,8 @@ class Task:
     sums: Callable[[Tensor, Tensor], dict[str, Tensor]]
     metric: Metric
     check: Callable[[Tensor, Tensor], None]
-    sample_gradients: Callable[[Tensor, Tensor], list[Tensor]] | None = None
-    curvature: Callable[[Tensor, Tensor], list[Tensor]] | None = None
+    sample_gradients: Callable[[Tensor, Tensor], Iterable[Tensor]] | None = None
+    curvature: Callable[[Tensor, Tensor], Iterable[Tensor]] | None = None
     describe: str = ""
 
 
@@ -105,15 +125,14 @@ def _class_sums(output: Tensor, target: Tensor) -> dict[str, Tensor]:
     }
 
 
-def _softmax_factors(logits: Tensor, target: Tensor) -> list[Tensor]:
-    """Columns of L with L L^T = diag(p) - p p^T over the last axis: sqrt(p_c) (e_c - p)."""
+def _softmax_factors(logits: Tensor, target: Tensor) -> Iterator[Tensor]:
+    """Columns of L with L L^T = diag(p) - p p^T over the last axis: sqrt(p_c) (e_c - p),
+    one at a time (a vocabulary's would not fit at once)."""
     p = logits.softmax(-1)
-    factors = []
     for c in range(p.shape[-1]):
         e_c = torch.zeros_like(p)
         e_c[..., c] = 1.0
-        factors.append(p[..., c : c + 1].sqrt() * (e_c - p))
-    return factors
+        yield p[..., c : c + 1].sqrt() * (e_c - p)
 
 
 def _softmax_gradient(logits: Tensor, target: Tensor) -> list[Tensor]:
@@ -143,16 +162,22 @@ def _mse(output: Tensor, target: Tensor) -> Tensor:
 
 
 def _regression_sums(output: Tensor, target: Tensor) -> dict[str, Tensor]:
-    target = target.double()
-    error = _as_target(output, target).double() - target
+    """The squared error in all, and per output column: its error, targets and squares."""
+    columns = target.double().reshape(len(target), -1)
+    error = _as_target(output, target).double().reshape(columns.shape) - columns
     return {"loss": (error**2).sum(), "n": torch.tensor(target.numel(), device=output.device),
-            "target": target.sum(), "target_sq": (target**2).sum()}  # fmt: skip
+            "rows": torch.tensor(len(target), device=output.device),
+            "sse": (error**2).sum(0), "target": columns.sum(0),
+            "target_sq": (columns**2).sum(0)}  # fmt: skip
 
 
-def _r2(s: dict[str, float]) -> float:
-    """1 - SSE / SST over every output of every sample (1: perfect; 0: the mean's)."""
-    spread = s["target_sq"] - s["target"] ** 2 / s["n"]
-    return 1 - s["loss"] / spread if spread > 0 else math.nan
+def _r2(s: dict[str, Tensor]) -> float:
+    """1 - SSE / SST of each output column, averaged over the columns (scikit-learn's
+    uniform average): 1 is perfect, 0 each column's own mean."""
+    spread = s["target_sq"] - s["target"] ** 2 / s["rows"]
+    if not bool((spread > 0).all()):
+        return math.nan
+    return float((1 - s["sse"] / spread).mean())
 
 
 def _per_output(output: Tensor) -> float:
@@ -164,16 +189,14 @@ def _mse_gradient(output: Tensor, target: Tensor) -> list[Tensor]:
     return [2 * (output - target.reshape(output.shape)) / _per_output(output)]
 
 
-def _mse_factors(output: Tensor, target: Tensor) -> list[Tensor]:
+def _mse_factors(output: Tensor, target: Tensor) -> Iterator[Tensor]:
     """The Hessian 2 I / D, as D columns sqrt(2 / D) e_d."""
     d = _per_output(output)
     flat = torch.zeros(output.shape[0], d, dtype=output.dtype, device=output.device)
-    factors = []
     for i in range(d):
         column = flat.clone()
         column[:, i] = math.sqrt(2 / d)
-        factors.append(column.view_as(output))
-    return factors
+        yield column.view_as(output)
 
 
 # --- language modelling: logits [N, T, V], tokens [N, T]; position t predicts t + 1 --
@@ -205,8 +228,8 @@ def _token_sums(output: Tensor, target: Tensor) -> dict[str, Tensor]:
             "n": (tokens != IGNORE).sum()}  # fmt: skip
 
 
-def _perplexity(s: dict[str, float]) -> float:
-    return math.exp(s["loss"] / s["n"]) if s["n"] else math.nan
+def _perplexity(s: dict[str, Tensor]) -> float:
+    return math.exp(float(s["loss"] / s["n"])) if s["n"] else math.nan
 
 
 def _predicting(output: Tensor, target: Tensor) -> Tensor:
@@ -223,33 +246,36 @@ def _token_gradient(output: Tensor, target: Tensor) -> list[Tensor]:
     return [weight * _softmax_gradient(output, nxt)[0]]
 
 
-def _token_factors(output: Tensor, target: Tensor) -> list[Tensor]:
+def _token_factors(output: Tensor, target: Tensor) -> Iterator[Tensor]:
     """The Hessian of a sample's loss is block-diagonal, one softmax block per position:
     exact factors would take T x V backward passes. Each position's factors are given a
     random sign instead, so cross-position terms vanish in expectation and V passes give
-    an unbiased estimate. The signs are seeded by the batch's tokens (reproducible)."""
+    an unbiased estimate, noisy for one batch, averaging out over many. The signs are
+    seeded by the batch's tokens (reproducible)."""
     generator = torch.Generator().manual_seed(int(target.sum()) * 31 + target.numel())
     signs = torch.randint(0, 2, (*target.shape, 1), generator=generator) * 2 - 1
     weight = _predicting(output, target).sqrt() * signs.to(output)
-    return [weight * f for f in _softmax_factors(output, target)]
+    return (weight * f for f in _softmax_factors(output, target))
 
 
 TASKS: dict[str, Task] = {
     "classification": Task(
         "classification", F.cross_entropy, _class_sums,
-        Metric("accuracy", lambda s: s["correct"] / s["n"], percent=True),
+        Metric("accuracy", lambda s: float(s["correct"] / s["n"]), percent=True,
+               default_tolerance=1.0),
         _check_classes, _softmax_gradient, _softmax_factors,
         describe="class scores [N, C] against labels [N]; loss: cross entropy; metric: accuracy",
     ),
     "regression": Task(
-        "regression", _mse, _regression_sums, Metric("r2", _r2), _check_regression,
+        "regression", _mse, _regression_sums, Metric("r2", _r2, default_tolerance=0.01),
+        _check_regression,
         _mse_gradient, _mse_factors,
         describe="outputs against float targets of the same size; loss: mean squared error; "
         "metric: R²",
     ),
     "regression-mse": Task(
         "regression-mse", _mse, _regression_sums,
-        Metric("negative_mse", lambda s: -s["loss"] / s["n"]), _check_regression,
+        Metric("negative_mse", lambda s: float(-s["loss"] / s["n"])), _check_regression,
         _mse_gradient, _mse_factors,
         describe="as regression, with the negative mean squared error as its metric",
     ),
@@ -299,7 +325,9 @@ def custom_task(
             (gradient,) = torch.autograd.grad(loss(output, target) * len(output), output)
         return [gradient]
 
-    measured = Metric(name, lambda s: s["metric"] / s["n"], higher_is_better)
+    if name in BUILT_IN:
+        raise ValueError(f"{name!r} names a built-in metric; give your metric another name")
+    measured = Metric(name, lambda s: float(s["metric"] / s["n"]), higher_is_better)
     METRICS[name] = measured
     return Task("custom", loss, sums, measured, check, sample_gradients,
                 describe="your loss and metric")  # fmt: skip
@@ -316,3 +344,4 @@ def task_of(task: str | Task | tuple) -> Task:
 
 
 METRICS: dict[str, Metric] = {task.metric.name: task.metric for task in TASKS.values()}
+BUILT_IN = frozenset(METRICS)

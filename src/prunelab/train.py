@@ -94,10 +94,10 @@ class _Sums:
             self.totals[key] = self.totals[key] + value if key in self.totals else value
 
     def read(self) -> Evaluation:
-        totals = {key: float(value) for key, value in self.totals.items()}
-        if not totals.get("n"):
+        totals = {key: value.detach().double().cpu() for key, value in self.totals.items()}
+        if not totals or not totals["n"]:
             raise ValueError("nothing to measure: the data gave no samples")
-        return Evaluation(totals["loss"] / totals["n"], self.task.metric.value(totals))
+        return Evaluation(float(totals["loss"] / totals["n"]), self.task.metric.value(totals))
 
 
 @torch.inference_mode()
