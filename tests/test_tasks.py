@@ -20,17 +20,24 @@ from prunelab.train import TrainConfig, evaluate, train
 TEXT = (Path(__file__).parent / "fixtures" / "pruning.txt").read_text()
 
 
-def test_regression_metrics_are_r2_and_negative_mse_over_every_output():
+def test_regression_metrics_are_r2_per_output_averaged_and_negative_mse():
     generator = torch.Generator().manual_seed(0)
     x, y = torch.randn(50, 3, generator=generator), torch.randn(50, 2, generator=generator)
+    y[:, 1] += 100  # a column far from the other: pooled, its mean would look like skill
     model = nn.Linear(3, 2)
     with torch.no_grad():
         out = model(x)
-    sse = ((out - y) ** 2).sum().item()
-    sst = ((y - y.mean()) ** 2).sum().item()
+    sse = ((out - y) ** 2).sum(0)
+    sst = ((y - y.mean(0)) ** 2).sum(0)
     r2 = evaluate(model, Split(x, y), batch_size=7, task="regression")
-    assert r2.loss == pytest.approx(sse / y.numel(), rel=1e-6)
-    assert r2.metric == pytest.approx(1 - sse / sst, rel=1e-6)
+    assert r2.loss == pytest.approx(sse.sum().item() / y.numel(), rel=1e-6)
+    assert r2.metric == pytest.approx((1 - sse / sst).mean().item(), rel=1e-6)
+    means = nn.Linear(3, 2)
+    with torch.no_grad():
+        means.weight.zero_()
+        means.bias.copy_(y.mean(0))
+    assert evaluate(means, Split(x, y), task="regression").metric == pytest.approx(0, abs=1e-9)
+    sse = sse.sum().item()
     mse = evaluate(model, Split(x, y), batch_size=7, task="regression-mse")
     assert mse.metric == pytest.approx(-sse / y.numel(), rel=1e-6)
 

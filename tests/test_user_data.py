@@ -143,7 +143,7 @@ def test_a_regression_mlp_is_measured_in_r2_and_its_budget_in_r2_units(project):
     assert re.search(r"dense test r2 0\.[5-9]", study.stdout), study.stdout
     answers = json.loads((folder / "run" / "answers.json").read_text())
     assert {a["metric"] for a in answers} == {"r2"}
-    assert "within 1 of r2" in (folder / "run" / "report.md").read_text()
+    assert "within 0.01 of r2" in (folder / "run" / "report.md").read_text()
     assert (folder / "run" / "figures" / "r2_vs_k.png").exists()
     export = prunelab("export", "run", "--method", "weight:obs", "--k", "0.5", "-o", "w.st")
     assert export.returncode == 0 and "test r2 " in export.stdout, export.stderr

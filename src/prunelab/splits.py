@@ -9,7 +9,7 @@ larger than memory trains in flat memory. Both give the same four things:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -60,33 +60,67 @@ class StreamSplit:
     """A split read batch by batch, moved to ``device`` as it comes, never held whole.
 
     ``source`` is a torch ``Dataset`` (batched here, shuffled by the training's
-    generator, loaded by ``workers`` processes, pinned for a GPU), a ``DataLoader``
-    (used as it is, its own batch size and order), or a list of (input, target) batches.
+    generator, loaded by ``workers`` processes with ``collate_fn``, pinned for a GPU),
+    a ``DataLoader`` (used as it is: its own batch size, order and workers), or a list
+    of (input, target) batches. ``batch_size``, where given, replaces the batch size
+    training and evaluation ask a ``Dataset`` for (a subset carved from your loader
+    keeps its batch size).
     """
 
-    def __init__(self, source: Iterable, device: torch.device | str = "cpu", workers: int = 0):
+    def __init__(
+        self, source: Iterable, device: torch.device | str = "cpu", workers: int = 0, *,
+        batch_size: int | None = None, collate_fn: Callable | None = None,
+    ):  # fmt: skip
         self.source, self.device, self.workers = source, torch.device(device), workers
+        self.batch_size, self.collate_fn = batch_size, collate_fn
         self._length: int | None = None
 
+    @property
+    def dataset(self) -> TorchDataset | None:
+        """The ``Dataset`` read: the source, or the source loader's (None: a list)."""
+        source = self.source
+        dataset = source.dataset if isinstance(source, DataLoader) else source
+        return dataset if isinstance(dataset, TorchDataset) else None
+
+    @property
+    def indexable(self) -> bool:
+        """Whether samples can be picked by index (a map-style ``Dataset``)."""
+        return self.dataset is not None and not isinstance(self.dataset, IterableDataset)
+
     def __len__(self) -> int:
+        """Samples, counted once by reading them where nothing says how many there are."""
         if self._length is None:
             source = self.source
-            dataset = source.dataset if isinstance(source, DataLoader) else source
-            try:
-                self._length = len(dataset)
-            except TypeError:  # an iterable dataset: counted once
+            if isinstance(source, DataLoader) and self.indexable:
+                sampler = getattr(source.batch_sampler, "sampler", source.sampler)
+                self._length = len(sampler) if hasattr(sampler, "__len__") else None
+            elif self.indexable:
+                self._length = len(self.dataset)
+            if self._length is None:
                 self._length = sum(len(y) for _, y in self.batches(1024))
         return self._length
+
+    def like_me(self, dataset: TorchDataset) -> StreamSplit:
+        """``dataset`` (a subset of mine) read as I read mine: the same batch size,
+        collate function and workers, shuffled from the run's generator."""
+        source = self.source
+        if isinstance(source, DataLoader):
+            size, collate = source.batch_size, source.collate_fn
+            return StreamSplit(dataset, self.device, source.num_workers, batch_size=size,
+                               collate_fn=collate)  # fmt: skip
+        return StreamSplit(dataset, self.device, self.workers, batch_size=self.batch_size,
+                           collate_fn=self.collate_fn)  # fmt: skip
 
     def _loader(self, batch_size: int, generator: torch.Generator | None) -> Iterable:
         if not isinstance(self.source, TorchDataset):
             return self.source
         order = None  # the order an in-memory split draws from the same generator
-        if generator is not None and not isinstance(self.source, IterableDataset):
+        if generator is not None and self.indexable:
             order = torch.randperm(len(self.source), generator=generator).tolist()
         pin = self.device.type == "cuda"
-        return DataLoader(self.source, batch_size=batch_size, sampler=order,
-                          num_workers=self.workers, pin_memory=pin)  # fmt: skip
+        return DataLoader(self.source, batch_size=self.batch_size or batch_size, sampler=order,
+                          num_workers=self.workers, pin_memory=pin,
+                          collate_fn=self.collate_fn)  # fmt: skip
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
         for batch in self._loader(batch_size, generator):
@@ -99,14 +133,12 @@ class StreamSplit:
         raise ValueError("the data gave no batches")
 
     def sample(self, size: int, seed: int, batch_size: int = 256) -> list[Batch]:
-        """``size`` examples in a seeded random order where the data can be indexed, its
-        first ``size`` otherwise."""
-        dataset = getattr(self.source, "dataset", None) if isinstance(self.source, DataLoader) \
-            else self.source  # fmt: skip
-        if isinstance(dataset, TorchDataset) and not isinstance(dataset, IterableDataset):
+        """``size`` examples in a seeded random order where the data can be indexed (in
+        batches as I make them), my first ``size`` otherwise."""
+        if self.indexable:
             generator = torch.Generator().manual_seed(seed)
-            idx = torch.randperm(len(dataset), generator=generator)[:size].tolist()
-            return list(StreamSplit(Subset(dataset, idx), self.device).batches(batch_size))
+            idx = torch.randperm(len(self.dataset), generator=generator)[:size].tolist()
+            return list(self.like_me(Subset(self.dataset, idx)).batches(batch_size))
         taken, count = [], 0
         for x, y in self.batches(batch_size):
             taken.append((x[: size - count], y[: size - count]))
@@ -116,7 +148,8 @@ class StreamSplit:
         return taken
 
     def to(self, device: torch.device) -> StreamSplit:
-        return StreamSplit(self.source, device, self.workers)
+        return StreamSplit(self.source, device, self.workers, batch_size=self.batch_size,
+                           collate_fn=self.collate_fn)  # fmt: skip
 
 
 def _pair(batch) -> Batch:

@@ -194,6 +194,6 @@ def steps_per_epoch(split: AnySplit, batch_size: int) -> int:
     if source is not None and not isinstance(source, TorchDataset):
         try:
             return len(source)
-        except TypeError:
-            pass
-    return math.ceil(len(split) / batch_size)
+        except TypeError:  # a loader of an iterable dataset: its samples over its batch
+            batch_size = getattr(source, "batch_size", None) or batch_size
+    return math.ceil(len(split) / (getattr(split, "batch_size", None) or batch_size))

@@ -13,12 +13,13 @@ classes from the training dataset's ``classes`` (a list, as torchvision's) or
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 from torch.utils.data import Dataset as TorchDataset
 
 from prunelab import factories
@@ -87,23 +88,13 @@ def _split(part: Any, key: str, name: str, workers: int) -> AnySplit | None:
                     "a torch Dataset, a DataLoader or a pair of tensors")  # fmt: skip
 
 
-def _indexable(split: AnySplit, name: str) -> TorchDataset:
-    source = split.source
-    dataset = source.dataset if isinstance(source, DataLoader) else source
-    if isinstance(dataset, IterableDataset):
-        raise DataError(f"{FLAG} {name!r}: a validation split cannot be carved from an "
-                        "iterable dataset; return one")  # fmt: skip
-    return dataset
-
-
-def _rewrapped(split: StreamSplit, dataset: TorchDataset) -> StreamSplit:
-    """``dataset`` read as ``split`` reads its own: through a loader like its loader."""
-    loader = split.source
-    if isinstance(loader, DataLoader):
-        return StreamSplit(DataLoader(dataset, batch_size=loader.batch_size,
-                                      collate_fn=loader.collate_fn,
-                                      num_workers=loader.num_workers), split.device)  # fmt: skip
-    return StreamSplit(dataset, split.device, split.workers)
+def _subset(split: StreamSplit, indices: list[int], name: str) -> StreamSplit:
+    """Those samples of the split, read as it reads its own (``StreamSplit.like_me``)."""
+    if not split.indexable:
+        raise DataError(f"{FLAG} {name!r}: samples cannot be picked from an iterable "
+                        "dataset (for a validation split or --train-limit); return a val "
+                        "split, and limit the data yourself")  # fmt: skip
+    return split.like_me(Subset(split.dataset, indices))
 
 
 def _carve(train: AnySplit, val_size: int, seed: int, name: str) -> tuple[AnySplit, AnySplit]:
@@ -115,20 +106,16 @@ def _carve(train: AnySplit, val_size: int, seed: int, name: str) -> tuple[AnySpl
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = order[:val_size], order[val_size:]
     if isinstance(train, Split):
-        kept, carved = (
-            Split(train.x[train_idx], train.y[train_idx]),
-            Split(train.x[val_idx], train.y[val_idx]),
+        return Split(train.x[train_idx], train.y[train_idx]), Split(
+            *(train.x[val_idx], train.y[val_idx])
         )
-        return kept, carved
-    dataset = _indexable(train, name)
-    return (_rewrapped(train, Subset(dataset, train_idx.tolist())),
-            _rewrapped(train, Subset(dataset, val_idx.tolist())))  # fmt: skip
+    return _subset(train, train_idx.tolist(), name), _subset(train, val_idx.tolist(), name)
 
 
 def _first(train: AnySplit, limit: int, name: str) -> AnySplit:
     if isinstance(train, Split):
         return Split(train.x[:limit], train.y[:limit])
-    return _rewrapped(train, Subset(_indexable(train, name), range(min(limit, len(train)))))
+    return _subset(train, list(range(min(limit, len(train)))), name)
 
 
 def _checked(data: Dataset, name: str) -> Dataset:
@@ -156,14 +143,19 @@ def _checked(data: Dataset, name: str) -> Dataset:
 
 
 def _classes(data: Dataset, name: str) -> int:
-    source = getattr(data.train, "source", None)
-    dataset = source.dataset if isinstance(source, DataLoader) else source
+    dataset = getattr(data.train, "dataset", None)
     while isinstance(dataset, Subset):
         dataset = dataset.dataset
     for attribute in ("classes", "num_classes"):
         value = getattr(dataset, attribute, None)
-        if value is not None:
-            return value if isinstance(value, int) else len(value)
+        if value is None:
+            continue
+        try:
+            return operator.index(value) if not hasattr(value, "__len__") else len(value)
+        except TypeError:
+            raise DataError(f"{FLAG} {name!r}: the training dataset's {attribute} is a "
+                            f"{type(value).__name__}; give a number or a list of class "
+                            "names") from None  # fmt: skip
     splits = [data.train, data.val, data.test]
     if all(isinstance(s, Split) for s in splits):
         return int(max(int(s.y.max()) for s in splits)) + 1
