@@ -105,7 +105,7 @@ def test_each_mistake_is_one_clear_error(project, model, more, message):
     result = study(prunelab, model, "run", *more)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]  # (argparse prints its usage above it)
+    last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("prunelab") and re.search(message, last), result.stderr
 
 

@@ -93,6 +93,16 @@ def test_training_on_a_stream_equals_training_on_the_same_tensors():
         torch.testing.assert_close(a, b)
 
 
+def test_train_and_evaluate_take_loaders_and_lists_of_batches_as_they_are():
+    x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    loader, batches = DataLoader(TensorDataset(x, y), batch_size=16), list(Split(x, y).batches(16))
+    model = nn.Linear(5, 3)
+    (record,) = train(model, loader, batches, TrainConfig(epochs=1), seed=0)
+    assert record.val_metric == evaluate(model, (x, y)).metric == evaluate(model, batches).metric
+    with pytest.raises(TypeError, match="cannot read a str as data"):
+        evaluate(model, "data.npz")
+
+
 def test_a_loader_of_anything_but_pairs_is_one_clear_error():
     loader = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
     with pytest.raises(ValueError, match=r"\(input, target\) pairs .* got a list of 1"):

@@ -205,6 +205,15 @@ def test_a_language_model_learns_and_obs_keeps_its_perplexity_better_than_magnit
     assert dense < obs < magnitude
 
 
+def test_a_loss_criterion_on_the_wrong_task_says_so(language_model):
+    model, train_split, _ = language_model
+    calibration = train_split.sample(32, seed=0)
+    with pytest.raises(TaskError, match=r"taylor reads the classification loss.*task= right"):
+        prune(copy.deepcopy(model), "unit:taylor", 0.5, batches=calibration)
+    with pytest.raises(ValueError, match="'accuracy' names a built-in metric"):
+        custom_task(F.mse_loss, lambda o, t: 0.0, name="accuracy")
+
+
 @pytest.mark.parametrize("criterion", ["magnitude", "taylor", "obd", "fisher"])
 def test_heads_and_mlp_units_of_a_language_model_prune_and_compact(language_model, criterion):
     model, train_split, val_split = language_model

@@ -15,7 +15,7 @@ __all__ = ["K_MAX", "BudgetAnswer", "BudgetResult", "Probe", "Rewind", "budget_s
 
 import copy
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
@@ -112,10 +112,14 @@ class BudgetResult:
 @dataclass(frozen=True)
 class Rewind:
     """What the lottery schedule needs of a model's dense training: its weights early
-    in it (``rewind_steps`` in), and the recipe it was trained with."""
+    in it (``rewind_steps`` in), and the recipe it was trained with. ``fresh(seed)``
+    gives the control's new initialisation (default: a copy of the model with every
+    module's ``reset_parameters``, or ``_reset_parameters``, called; give your own where
+    a module holds a bare ``nn.Parameter``, such as a positional embedding)."""
 
     state: dict
     train: TrainConfig
+    fresh: Callable[[int], nn.Module] | None = None
 
 
 def find_budget(
@@ -156,7 +160,8 @@ def find_budget(
         if rewind is None:
             raise ValueError(f"the {schedule} schedule rewinds to early dense weights: "
                              "give rewind=Rewind(state, train_config)")  # fmt: skip
-        dense_run = DenseRun(rewind.state, rewind.train, partial(_reinitialised, model))
+        fresh = rewind.fresh or partial(_reinitialised, model)
+        dense_run = DenseRun(rewind.state, rewind.train, fresh)
     finetune = finetune or TrainConfig(epochs=1)
     data = _streamed(model, train_loader, val_loader, test_loader, task)
     test_split = data.test if test_loader is not None else None
@@ -188,8 +193,11 @@ def _reinitialised(model: nn.Module, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for module in fresh.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            reset = getattr(module, "reset_parameters", None) or getattr(
+                module, "_reset_parameters", None
+            )
+            if callable(reset):
+                reset()
     return fresh
 
 

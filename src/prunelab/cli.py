@@ -203,8 +203,16 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """A mistake on the command line is one line that points at the help, not the help's
+    whole usage (forty lines for study) above it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="prunelab",
         description="How much of a trained network can be pruned, by which criterion?",
     )

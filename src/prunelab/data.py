@@ -150,7 +150,8 @@ class Dataset:
     @functools.cached_property
     def fingerprint(self) -> str:
         """SHA-256 of every input and target, split by split: what a stored dense model
-        was trained on, whichever folder it came from (computed once)."""
+        was trained on, whichever folder it came from (computed once); for data not
+        held in memory, ``digest``: your --data function's file fingerprint."""
         if self.digest is not None:
             return self.digest
         digest = hashlib.sha256()

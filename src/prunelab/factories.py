@@ -3,7 +3,8 @@
 and ``--data`` likewise (``prunelab.user_data``).
 
 A model function returns an ``nn.Module``; it is called with ``--model-kwargs`` (JSON)
-and, where it takes them, ``num_classes`` and ``in_channels`` from the dataset. The file
+and, where it takes them and the data says, ``num_classes`` and ``in_channels`` (of
+images) from the dataset. The file
 a function is defined in is fingerprinted (SHA-256) into the config, so a run directory
 or an exported model refuses code that changed since (the files that file imports are
 not covered).
@@ -104,15 +105,16 @@ def load(name: str, flag: str = "--model") -> Callable[..., Any]:
 
 
 def build(
-    name: str, source: str | None, kwargs: dict, num_classes: int, shape: tuple[int, ...]
+    name: str, source: str | None, kwargs: dict, num_classes: int | None, shape: tuple[int, ...]
 ) -> nn.Module:
     """Call the factory, if its file is still ``source``, and check that it gave a module."""
     check_unchanged(name, source)
     factory = load(name)
     given = dict(kwargs)
     parameters = _parameters(factory)
-    for key, value in (("num_classes", num_classes), ("in_channels", shape[0])):
-        if key in parameters and key not in given:
+    channels = shape[0] if len(shape) == 3 else None  # of images only
+    for key, value in (("num_classes", num_classes), ("in_channels", channels)):
+        if value is not None and key in parameters and key not in given:
             given[key] = value
     try:
         model = factory(**given)

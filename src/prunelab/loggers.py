@@ -12,6 +12,7 @@ training run is the dense model of a seed, or one cell.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -44,7 +45,7 @@ class TensorBoardLogger(Logger):
     def epoch(self, phase: str, record: dict) -> None:
         self.step += 1  # epochs of every round and phase, in order
         for key, value in record.items():
-            if key != "epoch":
+            if key != "epoch" and math.isfinite(value):
                 self.writer.add_scalar(f"{phase}/{key}", value, self.step)
 
     def summary(self, values: dict[str, float]) -> None:
@@ -82,7 +83,7 @@ class MLflowLogger(Logger):
     def epoch(self, phase: str, record: dict) -> None:
         self.step += 1
         for key, value in record.items():
-            if key != "epoch":
+            if key != "epoch" and math.isfinite(value):
                 self.client.log_metric(self.run_id, f"{phase}/{key}", value, step=self.step)
 
     def summary(self, values: dict[str, float]) -> None:

@@ -78,12 +78,13 @@ class ModelConfig:
                 f"give one dropout rate per hidden layer ({len(sizes)}), got {self.dropout}"
             )
 
-    def for_data(self, shape: tuple[int, ...], classes: int) -> ModelConfig:
-        """This model for images of ``shape`` in ``classes`` classes (None where they are
-        MNIST's, so that the ids of MNIST runs do not change)."""
+    def for_data(self, shape: tuple[int, ...], classes: int | None) -> ModelConfig:
+        """This model for inputs of ``shape`` and ``classes`` outputs (None where they are
+        MNIST's, so that the ids of MNIST runs do not change; 0 where the data does not
+        say, as a language model's)."""
         shape = tuple(shape)
         return replace(self, input_shape=None if shape == MNIST_SHAPE else shape,
-                       classes=None if classes == 10 else classes)  # fmt: skip
+                       classes=None if classes == 10 else classes or 0)  # fmt: skip
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -222,15 +223,20 @@ def build_model(
 ) -> nn.Module:
     """Build the model (for ``num_classes``, else the config's classes, else 10); with
     ``seed``, its initial weights follow from the seed alone."""
-    num_classes = num_classes or config.classes or 10
+    classes = num_classes or config.classes
     shape = config.input_shape or MNIST_SHAPE
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
         if factories.is_factory(config.name):
-            return factories.build(config.name, config.source, config.kwargs, num_classes, shape)
-        return MODELS[config.name].build(config.sizes, config.dropout, num_classes=num_classes,
-                                         shape=shape)  # fmt: skip
+            known = None if classes == 0 else classes or 10
+            return factories.build(config.name, config.source, config.kwargs, known, shape)
+        try:
+            return MODELS[config.name].build(config.sizes, config.dropout,
+                                             num_classes=classes or 10, shape=shape)  # fmt: skip
+        except (ValueError, TypeError, RuntimeError) as err:
+            raise ValueError(f"the {config.name} model cannot be built for inputs of shape "
+                             f"{list(shape)}: {type(err).__name__}: {err}") from err  # fmt: skip
 
 
 # Layers that map a zero channel or feature to zero, position by position.

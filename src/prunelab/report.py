@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prunelab.answer import Answer, answer
+from prunelab.factories import is_factory
 from prunelab.paths import RunPaths
 from prunelab.provenance import describe
 from prunelab.prune import PruneMethod
@@ -24,7 +25,7 @@ from prunelab.results import mean_dense, read_results, renamed
 from prunelab.schedules import describe_schedule
 from prunelab.storage import atomic_write_text
 from prunelab.study_config import StudyConfig, open_run, study_cells
-from prunelab.tasks import METRICS, Metric
+from prunelab.tasks import METRICS, TASKS, Metric
 
 STRUCTURE_TEXT = {
     "weight": "single weights are set to zero (the layers keep their shape)",
@@ -113,6 +114,14 @@ def _describe_methods(config: StudyConfig) -> list[str]:
     return lines
 
 
+def _describe_data(config: StudyConfig, data: str) -> str:
+    if is_factory(config.dataset):
+        return (f"{data}, from your function (its file {config.data_source}); validation: "
+                f"its own split, or {config.val_size:,} samples carved from training; its "
+                "test split")  # fmt: skip
+    return f"{data}; {config.val_size:,} held out for validation; the official test set"
+
+
 def _describe_config(
     config: StudyConfig, dense: dict, provenance: list[str]
 ) -> list[tuple[str, str]]:
@@ -123,7 +132,8 @@ def _describe_config(
         f", first {config.train_limit:,} training images" if config.train_limit else ""
     )
     return [
-        ("dataset", f"{data}; {config.val_size:,} held out for validation; the official test set"),
+        ("dataset", _describe_data(config, data)),
+        ("task", TASKS[config.task].describe),
         (
             "model",
             f"{model.name}, "
@@ -149,7 +159,7 @@ def _describe_config(
         ("schedule", describe_schedule(config.schedule)),
         ("methods", ", ".join(config.methods)),
         ("k (fraction pruned)", ", ".join(f"{k:g}" for k in config.ks)),
-        ("logits layer", "pruned too" if config.prune_last else "kept dense"),
+        ("output layers", "pruned too" if config.prune_last else "kept dense"),
         ("seeds", ", ".join(str(c.seed) for c in config.per_seed())),
         ("computed with", "; and ".join(provenance) or "not recorded"),
     ]

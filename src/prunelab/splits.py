@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, Subset
@@ -150,6 +151,20 @@ class StreamSplit:
     def to(self, device: torch.device) -> StreamSplit:
         return StreamSplit(self.source, device, self.workers, batch_size=self.batch_size,
                            collate_fn=self.collate_fn)  # fmt: skip
+
+
+def as_split(data: Any) -> AnySplit:
+    """A split, from a split, a pair of tensors (inputs, targets), or anything a
+    ``StreamSplit`` reads: a torch ``Dataset``, a ``DataLoader``, a list of batches."""
+    if isinstance(data, (Split, StreamSplit)):
+        return data
+    tensors = isinstance(data, tuple) and all(isinstance(t, torch.Tensor) for t in data)
+    if tensors and len(data) == 2:
+        return Split(*data)
+    if isinstance(data, (TorchDataset, DataLoader, list)):
+        return StreamSplit(data)
+    raise TypeError(f"cannot read a {type(data).__name__} as data: give a torch Dataset, "
+                    "a DataLoader, a list of (input, target) batches or two tensors")  # fmt: skip
 
 
 def _pair(batch) -> Batch:

@@ -96,11 +96,13 @@ def run_study(config: StudyConfig, options: RunOptions | None = None) -> StudyRe
     with RunLock(paths.root):
         check_compatible(paths.config, config)
         migrate_ids(paths, config)
-        provenance = environment(device, execution.threads_per_cell)
-        atomic_write_text(paths.config, to_json(config, provenance))
         bases = bases_for(config, options)
         try:
             dense = mean_dense([bases.get(c)[2] for c in config.per_seed()])
+            # written once the data and the model are known to work: a mistake in them
+            # leaves no configuration that the corrected command would be refused by
+            provenance = environment(device, execution.threads_per_cell)
+            atomic_write_text(paths.config, to_json(config, provenance))
             cells = study_cells(config)
             pending = [
                 (c, m.name, k) for c, m, k in cells if not paths.cell(c.cell_id(m, k)).exists()
@@ -225,10 +227,13 @@ def _run_cell(
         batches = data.train.sample(config.calibration_size, config.seed)
     job = Job(method, k, data, config.finetune, batches, config.prune_last, config.seed,
               config.ignore, config.include, log)  # fmt: skip
-    measure = partial(_measure, data=data, method=method, k=k, config=config)
+    measured = _Measured.of(model, data.test.head(2), config)
+    measure = partial(_measure, data=data, method=method, k=k, config=config, measured=measured)
     start = time.perf_counter()
     masks = prune_job(model, job, k)
     oneshot = measure(model, "oneshot", time.perf_counter() - start)
+    if log is not None:  # epoch 0: just pruned, as epochs.csv has it
+        log(EpochRecord(0, math.nan, math.nan, oneshot["val_loss"], oneshot["val_metric"], 0.0))
     start = time.perf_counter()
     if config.schedule.name == "oneshot":
         outcome = Outcome(finetune(model, masks, job, config.finetune, config.seed), masks)
@@ -252,7 +257,7 @@ def _run_cell(
          "val_loss": oneshot["val_loss"], "val_metric": oneshot["val_metric"],
          "seconds": 0.0}
     ] + [{**tag, **asdict(r)} for r in outcome.history]  # fmt: skip
-    layers = prunable_layers(model, include_last=config.prune_last)
+    layers = measured.layers(model)
     return {
         "method": method.name,
         "k": k,
@@ -290,24 +295,42 @@ def _deployment(
     }
 
 
-def _units_removed(
-    model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor, config: StudyConfig
-) -> float:
-    """Of each layer's rows in a chain; in any other model, of its coupled groups' units
-    (channels, MLP units, attention heads), as unit pruning counts them."""
-    if is_chain(model):
-        return units_removed(layers)
-    device = next(model.parameters()).device
-    groups = Graph(model, example.to(device)).groups(config.ignore, config.include or None,
-                                                     config.prune_last)  # fmt: skip
-    return sum(int(dead(model, g).sum()) for g in groups) / sum(g.size for g in groups)
+@dataclass(frozen=True)
+class _Measured:
+    """What a cell measures of the models it makes (the pruned one, the lottery's
+    control), found once: the layers pruning may touch, by name (of a chain, all but the
+    logits layer; of any other model, all but the output layers of its trace), and, for
+    a model that is not a chain, its coupled groups (channels, MLP units, heads)."""
+
+    names: tuple[str, ...]
+    groups: list | None  # None: a chain, whose units are its layers' rows
+
+    @classmethod
+    def of(cls, model: nn.Module, example: torch.Tensor, config: StudyConfig) -> _Measured:
+        if is_chain(model):
+            return cls(tuple(prunable_layers(model, include_last=config.prune_last)), None)
+        graph = Graph(model, example.to(next(model.parameters()).device))
+        outputs = () if config.prune_last else graph.output_layers()
+        names = tuple(name for name in graph.layers() if name not in outputs)
+        return cls(names, graph.groups(config.ignore, config.include or None, config.prune_last))
+
+    def layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        return {name: model.get_submodule(name) for name in self.names}
+
+    def units_removed(self, model: nn.Module) -> float:
+        """Of each layer's rows in a chain; in any other model, of its groups' units, as
+        unit pruning counts them."""
+        if self.groups is None:
+            return units_removed(self.layers(model))
+        removed = sum(int(dead(model, g).sum()) for g in self.groups)
+        return removed / sum(g.size for g in self.groups)
 
 
 def _measure(
     model: nn.Module, phase: str, seconds: float, *, data: Dataset, method: PruneMethod,
-    k: float, config: StudyConfig,
+    k: float, config: StudyConfig, measured: _Measured,
 ) -> dict:  # fmt: skip
-    layers = prunable_layers(model, include_last=config.prune_last)
+    layers = measured.layers(model)
     test, val = (
         evaluate(model, data.test, task=data.task),
         evaluate(model, data.val, task=data.task),
@@ -322,7 +345,7 @@ def _measure(
         "k": k,
         "phase": phase,
         "sparsity": weight_sparsity(layers),
-        "units_removed": _units_removed(model, layers, data.test.head(2), config),
+        "units_removed": measured.units_removed(model),
         "test_metric": test.metric,
         "test_loss": test.loss,
         "val_metric": val.metric,

@@ -53,7 +53,7 @@ class Metric:
     def default_words(self) -> str:
         """The default tolerance, in words."""
         if self.default_tolerance is None:
-            return f"1% of the dense model's {self.name}"
+            return "1%"
         return self.tolerance(self.default_tolerance)
 
     def within(self, value: float, dense: float, tolerance: float) -> bool:
@@ -67,9 +67,9 @@ class Metric:
         return f"{100 * value:.2f}%" if self.percent else f"{value:.4g}"
 
     def tolerance(self, amount: float) -> str:
-        """A tolerance in words: "1 point", "0.5 points", "0.05 of r2"."""
+        """A tolerance in words: "1 point", "0.5 points", "0.05"."""
         if not self.percent:
-            return f"{amount:g} of {self.name}"
+            return f"{amount:g}"
         return f"{amount:g} point" + ("" if amount == 1 else "s")
 
     def check_tolerance(self, amount: float) -> None:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from prunelab.augment import random_affine
 from prunelab.models import evaluating, first_tensor
 from prunelab.options import check_choice
-from prunelab.splits import AnySplit
+from prunelab.splits import AnySplit, as_split
 from prunelab.tasks import Task, task_of
 
 OPTIMIZERS = {
@@ -108,7 +108,7 @@ def evaluate(
     convolution's activations to stay in cache (ResNet-20: 3x faster than 2000)."""
     sums = _Sums(task_of(task))
     with evaluating(model):
-        for x, y in split.batches(batch_size):
+        for x, y in as_split(split).batches(batch_size):
             sums.add(first_tensor(model(x)), y)
     return sums.read()
 
@@ -125,7 +125,8 @@ def train(
     task: str | Task = "classification",
     log: Callable[[EpochRecord], None] | None = None,
 ) -> list[EpochRecord]:
-    """Train ``model`` in place on the task's loss; return one record per epoch.
+    """Train ``model`` in place on the task's loss; return one record per epoch. The
+    splits are ``Split``s, or anything ``splits.as_split`` reads (a ``DataLoader``).
 
     ``after_step`` runs after every optimizer step (pruning uses it to hold masks);
     ``log`` gets each epoch's record as it ends.
@@ -135,7 +136,7 @@ def train(
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # dropout draws from the global generator; restored after
         loop = _Loop(model, config, task_of(task), seed, after_step)
-        return loop.run(train_split, val_split, desc, log)
+        return loop.run(as_split(train_split), as_split(val_split), desc, log)
 
 
 class _Loop:

@@ -9,7 +9,14 @@ import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
-from prunelab.models import NothingToPruneError, chain_problem, is_chain, prunable_layers
+from prunelab.models import (
+    NothingToPruneError,
+    chain_problem,
+    evaluating,
+    first_tensor,
+    is_chain,
+    prunable_layers,
+)
 from prunelab.prune.allocate import ALLOCATORS
 from prunelab.prune.criteria import CRITERIA, NeedsCalibrationError, ScoreContext
 from prunelab.prune.group_criteria import GroupContext
@@ -18,7 +25,7 @@ from prunelab.prune.groups import Graph, dead, group_masks, matches, pattern_nam
 from prunelab.prune.masks import Masks
 from prunelab.prune.method import PruneMethod, check_k
 from prunelab.prune.obs import reconstruct
-from prunelab.tasks import Task, task_of
+from prunelab.tasks import Task, TaskError, task_of
 
 
 def prune(
@@ -52,6 +59,8 @@ def prune(
     check_k(k)
     _refuse_torch_prune_hooks(model)
     batches = _pairs(batches)
+    if batches and CRITERIA[method.criterion].needs_data and method.solver_rounds is None:
+        _check_task(model, batches[0], task, method.criterion)
     graph = _traced(model, example_inputs, batches)
     _check_patterns(model, ignore, include)
     if graph is not None and method.structure == "unit":
@@ -94,6 +103,19 @@ def _traced(model: nn.Module, example_inputs, batches) -> Graph | None:
             "groups can be traced"
         )
     return Graph(model, example_inputs)
+
+
+@torch.no_grad()
+def _check_task(model: nn.Module, batch: tuple, task: Task, criterion: str) -> None:
+    """The task's loss can compare the model's outputs with the batch's targets, or a
+    TaskError says so before a criterion that reads the loss fails deep inside."""
+    with evaluating(model):
+        output = first_tensor(model(batch[0]))
+    try:
+        task.check(output, batch[1])
+    except TaskError as err:
+        raise TaskError(f"{criterion} reads the {task.name} loss, which does not fit: {err} "
+                        "(is task= right?)") from None  # fmt: skip
 
 
 def _pairs(batches: Iterable | None) -> list | None:

@@ -166,7 +166,7 @@ def parameter_diagonal(
     model, normalization and attention included, by name.
 
     The same means of squared per-sample gradients as above, from ``torch.func``
-    (one vectorised backward pass per sample and class) rather than from hooks on
+    (one vectorised backward pass per sample and factor) rather than from hooks on
     Linear and Conv2d layers, which cannot see a parameter used anywhere else.
     """
     output_grads = _output_grads(task, kind)
