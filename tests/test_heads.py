@@ -213,14 +213,13 @@ def test_a_compacted_vit_exports_to_onnx_and_runs_in_onnxruntime_with_any_batch(
 
 
 def test_the_study_counts_heads_and_mlp_units_among_the_units_removed():
-    from prunelab.models import prunable_layers
-    from prunelab.study import _units_removed
+    from prunelab.study import _Measured
     from prunelab.study_config import StudyConfig
 
     model, x, y = case("vit")
+    measured = _Measured.of(model, x[:2], StudyConfig())
     prunelab.prune(model, "unit", 0.5, example_inputs=x[:2])
-    layers = prunable_layers(model)
-    assert _units_removed(model, layers, x[:2], StudyConfig()) == 0.5  # 8 heads, 192 units
+    assert measured.units_removed(model) == 0.5  # 8 heads, 192 units
 
 
 class PaddedText(nn.Module):
