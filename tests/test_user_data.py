@@ -15,31 +15,18 @@ from prunelab.data import DataError
 from prunelab.tasks import TASKS
 from prunelab.user_data import load_user_data
 from tests.conftest import PRUNELAB
+from tests.test_factories import NETS
 
 USER = textwrap.dedent('''
     import torch
     from torch import nn
     from torch.utils.data import Dataset, DataLoader
 
-
-    class Residual(nn.Module):
-        """A head defined before its body, BatchNorm and a skip connection."""
-
-        def __init__(self, num_classes, in_channels, width=8):
-            super().__init__()
-            self.head = nn.Linear(width, num_classes)
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1),
-                                      nn.BatchNorm2d(width), nn.ReLU())
-            self.conv = nn.Conv2d(width, width, 3, padding=1)
-            self.norm = nn.BatchNorm2d(width)
-
-        def forward(self, x):
-            x = self.stem(x)
-            return self.head(torch.relu(x + self.norm(self.conv(x))).mean((2, 3)))
+    from nets import Residual  # the head defined first, BatchNorm and a skip connection
 
 
     def cnn(num_classes=4, in_channels=3):
-        return Residual(num_classes, in_channels)
+        return Residual(8, num_classes, in_channels)
 
 
     class Stripes(Dataset):
@@ -98,6 +85,7 @@ USER = textwrap.dedent('''
 def project(tmp_path):
     """A user's folder with a module of models and data, where the commands run."""
     (tmp_path / "user.py").write_text(USER)
+    (tmp_path / "nets.py").write_text(NETS)
 
     def prunelab(*args):
         command = [*PRUNELAB, *args]
