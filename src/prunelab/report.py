@@ -19,6 +19,7 @@ from prunelab.factories import is_factory
 from prunelab.paths import RunPaths
 from prunelab.provenance import describe
 from prunelab.prune import PruneMethod
+from prunelab.prune.allocate import NM
 from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.method import file_safe
 from prunelab.results import mean_dense, read_results, renamed
@@ -103,13 +104,21 @@ def format_value(column: str, value, metric: Metric = METRICS["accuracy"]) -> st
     return str(value)
 
 
+def _scope_text(scope: str) -> str:
+    pattern = NM.parse(scope)
+    if pattern is None:
+        return SCOPE_TEXT[scope]
+    return (f"{pattern.n} of every {pattern.m} consecutive weights along each row's inputs "
+            "are kept")  # fmt: skip
+
+
 def _describe_methods(config: StudyConfig) -> list[str]:
     lines = []
     for name in config.methods:
         method = PruneMethod.parse(name)
         lines.append(
             f"{method.name}: {STRUCTURE_TEXT[method.structure]}, chosen "
-            f"{CRITERIA[method.criterion].describe}; {SCOPE_TEXT[method.scope]}."
+            f"{CRITERIA[method.criterion].describe}; {_scope_text(method.scope)}."
         )
     return lines
 

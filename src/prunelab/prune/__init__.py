@@ -17,7 +17,7 @@ from prunelab.models import (
     is_chain,
     prunable_layers,
 )
-from prunelab.prune.allocate import ALLOCATORS
+from prunelab.prune.allocate import NM, allocator
 from prunelab.prune.criteria import CRITERIA, NeedsCalibrationError, ScoreContext
 from prunelab.prune.group_criteria import GroupContext
 from prunelab.prune.group_obs import reconstruct_groups
@@ -59,7 +59,7 @@ def prune(
     check_k(k)
     _refuse_torch_prune_hooks(model)
     batches = _pairs(batches)
-    if batches and CRITERIA[method.criterion].needs_data and method.solver_rounds is None:
+    if batches and CRITERIA[method.criterion].reads_loss:
         _check_task(model, batches[0], task, method.criterion)
     graph = _traced(model, example_inputs, batches)
     _check_patterns(model, ignore, include)
@@ -72,7 +72,9 @@ def prune(
     layers = _layers(model, graph, include_last, ignore, include)
     if method.solver_rounds is not None:
         rounds = method.solver_rounds
-        updates, masks = reconstruct(model, layers, method.structure, k, batches, rounds)
+        pattern = NM.parse(method.scope)
+        updates, masks = reconstruct(model, layers, method.structure, k, batches, rounds,
+                                     pattern=pattern)  # fmt: skip
         _write(model, updates)
         if pruned is not None:  # a solver prunes zero weights first; this makes it certain
             masks = masks & pruned
@@ -81,7 +83,7 @@ def prune(
         scores = CRITERIA[method.criterion](context)
         if pruned is not None:
             scores = _pruned_first(scores, pruned, method.structure)
-        keep = ALLOCATORS[method.scope](scores, k)
+        keep = allocator(method.scope)(scores, k)
         masks = Masks.from_keep(layers, keep, method.structure)
     masks.apply_(model)
     return masks
@@ -185,7 +187,7 @@ def _prune_groups(
     scores = criterion.on_groups(context)
     if pruned is not None:  # units pruned before are gone first
         scores = {g.name: scores[g.name].masked_fill(dead(model, g), -math.inf) for g in groups}
-    masks = group_masks(model, groups, ALLOCATORS[method.scope](scores, k))
+    masks = group_masks(model, groups, allocator(method.scope)(scores, k))
     return masks & pruned if pruned is not None else masks
 
 

@@ -19,7 +19,11 @@ from torch import nn
 
 from prunelab.models import evaluating, first_tensor
 from prunelab.prune import group_criteria as on_groups
-from prunelab.prune.curvature import empirical_fisher_diagonal, gauss_newton_diagonal
+from prunelab.prune.curvature import (
+    empirical_fisher_diagonal,
+    gauss_newton_diagonal,
+    input_norms,
+)
 from prunelab.prune.group_criteria import GroupContext, GroupScores, lamp_normalize
 from prunelab.tasks import TASKS, Task
 
@@ -157,6 +161,20 @@ def taylor(ctx: ScoreContext) -> Scores:
     return scores
 
 
+def wanda(ctx: ScoreContext) -> Scores:
+    """Wanda (Sun et al., 2023): |w_ij| * ||x_j||, a weight's magnitude times the norm of
+    the input it multiplies over the calibration data (OBS's saliency with a diagonal
+    input Hessian and no update). A unit scores the L2 norm of its weights' scores."""
+    norms = input_norms(ctx.model, ctx.layers, _require_batches(ctx, "wanda"))
+    scores = {}
+    with torch.no_grad():
+        for name, layer in ctx.layers.items():
+            weight = layer.weight.abs().flatten(1) * norms[name]
+            scores[name] = weight.view_as(layer.weight) if ctx.structure == "weight" \
+                else weight.norm(dim=1)  # fmt: skip
+    return scores
+
+
 @dataclass(frozen=True)
 class Criterion:
     """A registered criterion: one entry of ``CRITERIA``, all that names it elsewhere.
@@ -169,6 +187,7 @@ class Criterion:
     score: Callable[[ScoreContext], Scores] | None
     describe: str
     needs_data: bool = False  # calibration batches
+    reads_loss: bool = False  # the task's loss, not only the inputs
     solver_rounds: int | None = None
     on_groups: Callable[[GroupContext], GroupScores] | None = None  # units of any model
 
@@ -185,11 +204,14 @@ CRITERIA: dict[str, Criterion] = {
                       on_groups=on_groups.group_lamp),
     "obd": Criterion(obd, "by Optimal Brain Damage saliency ½·h·w², h the diagonal of the "
                      "loss's Gauss-Newton Hessian (LeCun et al. 1990)", needs_data=True,
-                     on_groups=on_groups.group_obd),
+                     reads_loss=True, on_groups=on_groups.group_obd),
     "fisher": Criterion(fisher, "by ½·F·w², F the diagonal empirical Fisher information",
-                        needs_data=True, on_groups=on_groups.group_fisher),
+                        needs_data=True, reads_loss=True, on_groups=on_groups.group_fisher),
     "taylor": Criterion(taylor, "by first-order Taylor saliency |g·w| (Molchanov et al. "
-                        "2017)", needs_data=True, on_groups=on_groups.group_taylor),
+                        "2017)", needs_data=True, reads_loss=True,
+                        on_groups=on_groups.group_taylor),
+    "wanda": Criterion(wanda, "by Wanda |w|·‖x‖, the weight's magnitude times the norm of "
+                       "its input over the calibration data (Sun et al. 2023)", needs_data=True),
     "obs": Criterion(None, "by Optimal Brain Surgeon, layer by layer: each removal also "
                      "updates the remaining weights to preserve the layer's outputs "
                      "(Hassibi and Stork 1993)", needs_data=True, solver_rounds=1),

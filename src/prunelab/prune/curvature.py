@@ -11,7 +11,8 @@
 * ``empirical_fisher_diagonal``: mean_n g_n^2 with g_n the per-sample gradient of
   the task's loss at the true target. Cheaper, and a worse estimate of the curvature.
 * ``layer_input_hessian``: H = 2 X^T X / N of a layer's inputs, the Hessian of the
-  layer's squared reconstruction error, for layer-wise OBS.
+  layer's squared reconstruction error, for layer-wise OBS; ``input_norms``, the
+  square roots of its diagonal times N / 2, for Wanda.
 """
 
 from __future__ import annotations
@@ -213,6 +214,24 @@ def _per_sample(grad: Callable) -> Callable:
         return {name: torch.stack([g[name] for g in grads]) for name in params}
 
     return per_sample
+
+
+@torch.no_grad()
+def input_norms(
+    model: nn.Module, layers: dict[str, nn.Module], batches: Batches
+) -> dict[str, torch.Tensor]:
+    """Per layer, the L2 norm of each input its flattened weight multiplies, over every
+    calibration sample and position: ``[fan_in]`` (Wanda's ||X_j||), in one pass."""
+    sums = {
+        name: torch.zeros(layer.weight[0].numel(), dtype=torch.float64, device=layer.weight.device)
+        for name, layer in layers.items()
+    }
+    with evaluating(model), _Recorder(layers) as rec:
+        for x, _ in batches:
+            model(x)
+            for name, layer in layers.items():
+                sums[name] += (_patches(layer, rec.inputs[name]).double() ** 2).sum((0, 1))
+    return {name: total.sqrt().float() for name, total in sums.items()}
 
 
 @torch.no_grad()

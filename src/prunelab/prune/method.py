@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prunelab.options import check_choice
+from prunelab.prune.allocate import NM
 from prunelab.prune.criteria import CRITERIA
 
 STRUCTURES = ("weight", "unit")
@@ -21,8 +22,13 @@ class PruneMethod:
     def __post_init__(self) -> None:
         check_choice("structure", self.structure, STRUCTURES)
         check_choice("criterion", self.criterion, CRITERIA)
-        check_choice("scope", self.scope, SCOPES)
-        if self.solver_rounds is not None and self.scope != "layer":
+        pattern = NM.parse(self.scope)
+        if pattern is None:
+            check_choice("scope", self.scope, [*SCOPES, "N:M (e.g. 2:4)"])
+        elif self.structure != "weight":
+            raise ValueError(f"{self.scope} sparsity is a pattern of single weights: use "
+                             f"weight:{self.criterion}@{self.scope}")  # fmt: skip
+        if self.solver_rounds is not None and self.scope == "global":
             raise ValueError(
                 f"{self.criterion} solves each layer's reconstruction on its own, so it "
                 "allocates per layer: use scope 'layer'"

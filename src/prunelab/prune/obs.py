@@ -27,7 +27,7 @@ import copy
 import torch
 from torch import nn
 
-from prunelab.prune.allocate import count_to_remove
+from prunelab.prune.allocate import NM, count_to_remove
 from prunelab.prune.curvature import Batches, layer_input_hessian
 from prunelab.prune.masks import Masks
 
@@ -85,23 +85,31 @@ def solve_rows(
 
 
 def obs_rows(
-    w: torch.Tensor, h: torch.Tensor, remove: int, rounds: int = 1
+    w: torch.Tensor, h: torch.Tensor, remove: int, rounds: int = 1, pattern: NM | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prune ``remove`` weights from every row of ``w`` [rows, d] by (greedy) OBS.
+    """Prune ``remove`` weights from every row of ``w`` [rows, d] by (greedy) OBS, or,
+    with an N:M ``pattern``, M - N of every group of M (the kept weights of each row
+    are then re-solved together, as SparseGPT re-fits within its N:M choice).
 
     Returns the corrected weights and the keep mask.
     """
     w_dense, h_inv = w, torch.linalg.inv(h)
     keep = torch.ones_like(w, dtype=torch.bool)
     inv_diag = h_inv.diagonal().expand_as(w)
+    per = pattern.m - pattern.n if pattern is not None else remove  # per group, or per row
     removed = 0
     for r in range(1, rounds + 1):
-        step = round(remove * r / rounds) - removed
+        step = round(per * r / rounds) - removed
         if step == 0:
             continue
         score = (w**2 / inv_diag).masked_fill(~keep, float("inf"))
-        drop = torch.topk(score, step, dim=1, largest=False).indices
-        keep.scatter_(1, drop, False)
+        if pattern is None:
+            drop = torch.topk(score, step, dim=1, largest=False).indices
+            keep.scatter_(1, drop, False)
+        else:  # the lowest kept scores of each group (pruned ones score inf: last)
+            grouped = pattern.groups(score)
+            drop = torch.argsort(grouped, dim=-1, stable=True)[..., :step]
+            keep.view_as(grouped).scatter_(-1, drop, False)
         removed += step
         w, inv_diag = solve_rows(w_dense, h, h_inv, keep, with_inverse=r < rounds)
     return w, keep
@@ -167,8 +175,10 @@ def reconstruct(
     batches: Batches | None,
     rounds: int = 1,
     damping: float = 0.01,
+    pattern: NM | None = None,
 ) -> tuple[dict[str, torch.Tensor], Masks]:
-    """Prune ``layers`` one after the other by (greedy) OBS on a copy of ``model``.
+    """Prune ``layers`` one after the other by (greedy) OBS on a copy of ``model``
+    (weights: at fraction k, or in an N:M ``pattern``).
 
     Returns the new values of every parameter that changed, and the masks.
     """
@@ -176,14 +186,14 @@ def reconstruct(
     if not batches:
         raise ValueError("obs and obc need calibration batches (inputs and labels); none given")
     try:
-        return _reconstruct(model, layers, structure, k, batches, rounds, damping)
+        return _reconstruct(model, layers, structure, k, batches, rounds, damping, pattern)
     except torch.linalg.LinAlgError as err:
         raise ValueError(
             f"OBS could not factor a layer's input Hessian ({err}); use more calibration data"
         ) from err
 
 
-def _reconstruct(model, layers, structure, k, batches, rounds, damping):
+def _reconstruct(model, layers, structure, k, batches, rounds, damping, pattern):
     work = copy.deepcopy(model)
     work_layers = {name: work.get_submodule(name) for name in layers}
     consumers = _consumers(work)
@@ -192,7 +202,10 @@ def _reconstruct(model, layers, structure, k, batches, rounds, damping):
         if structure == "weight":
             h = layer_input_hessian(work, layer, batches, damping)
             w = layer.weight.flatten(1).double()
-            new, keep = obs_rows(w, h, count_to_remove(k, w.shape[1]), rounds)
+            if pattern is not None:
+                pattern.check(k)
+                pattern.groups(w, name)  # M divides the row, or a ValueError naming it
+            new, keep = obs_rows(w, h, count_to_remove(k, w.shape[1]), rounds, pattern)
             layer.weight.copy_(new.view_as(layer.weight))
             masks[f"{name}.weight"] = keep.view_as(layer.weight)
             continue
