@@ -3,15 +3,18 @@ group, Wanda's scores against their definition, and on a trained network Wanda a
 at 2:4 keeping more of it than magnitude does."""
 
 import copy
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunelab import PruneMethod, prune
+from prunelab import PruneMethod, nm_format, prune
 from prunelab.data import load_dataset
+from prunelab.export import load_sparse, save_sparse
 from prunelab.models import ModelConfig, build_model
+from prunelab.prune.allocate import NM
 from prunelab.prune.criteria import ScoreContext, wanda
 from prunelab.report import write_report
 from prunelab.study import run_study
@@ -100,3 +103,31 @@ def test_a_study_of_2_4_methods_reports_them(tiny_data_dir, tmp_path):
     assert {row["sparsity"] for row in result.results} == {0.5}
     write_report(tmp_path)
     assert "2 of every 4 consecutive weights" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("n, m", [(2, 4), (3, 5), (4, 8)])
+def test_n_m_weights_export_compressed_and_load_back_exactly(tmp_path, n, m):
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 5))
+    prune(model, f"weight@{n}:{m}", 1 - n / m)
+    with torch.no_grad():
+        model[0].weight[0, :m] = 0  # a group with fewer than N: padded with zeros
+    pattern = NM(n, m)
+    size = save_sparse(model, None, tmp_path / "nm.st", pattern=pattern)
+    loaded, _ = load_sparse(tmp_path / "nm.st", into=copy.deepcopy(model).apply(_scrambled))
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert size < save_sparse(model, None, tmp_path / "csr.st")  # smaller than CSR
+    values, places = nm_format.encode(model[0].weight, pattern)
+    assert values.shape == (30, 40 // m, n)
+    assert places.numel() == math.ceil(values.numel() * nm_format.bits_for(pattern) / 8)
+    assert nm_format.encode(model[2].weight, pattern) is None  # the dense logits layer: CSR
+    if m == 5:  # 3 bits can name places 5 to 7, outside a group of 5
+        with pytest.raises(ValueError, match="outside its group"):
+            nm_format.decode(values, torch.full_like(places, 255), [30, 40], pattern)
+
+
+def _scrambled(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        with torch.no_grad():
+            module.weight.normal_()

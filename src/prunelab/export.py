@@ -11,6 +11,9 @@ file is refused rather than loaded with wrong weights.
 ``export_cell`` writes the model of one (method, k) of a finished study in one of
 ``EXPORT_FORMS`` and checks what it wrote.
 
+A weight pruned N:M (a scope such as ``2:4``) is stored as its N values per group
+and their bit-packed places (``nm_format``) instead of CSR.
+
 Optionally (``codebook_bits``) the values of each sparse weight are shared, as in
 Deep Compression: a 1-D k-means finds at most 2**bits - 1 centroids per layer,
 and each value is stored as a uint8 code into that layer's codebook (code 0 is
@@ -34,6 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
+from prunelab import nm_format
 from prunelab.bases import load_study_data
 from prunelab.compact import CompactionError, compact
 from prunelab.config import from_dict, to_dict
@@ -43,6 +47,7 @@ from prunelab.models import ModelConfig, build_model, is_chain
 from prunelab.options import check_choice
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod
+from prunelab.prune.allocate import NM
 from prunelab.storage import atomic_write_bytes, state_dict_bytes
 from prunelab.study_config import RunOptions, StudyConfig, open_run
 from prunelab.train import evaluate
@@ -139,6 +144,7 @@ def save_sparse(
     dtype: torch.dtype = torch.float32,
     sparse: bool = True,
     codebook_bits: int | None = None,
+    pattern: NM | None = None,
 ) -> int:
     """Write ``model``'s state dict (every tensor, keyed as the model keys it) keeping
     only the non-zero weights; return bytes. ``config``, for a built-in model, lets
@@ -146,14 +152,21 @@ def save_sparse(
 
     With ``sparse=False`` every tensor is stored whole (for compacted models).
     With ``codebook_bits`` the sparse weights' values share a per-layer codebook.
+    With an N:M ``pattern``, the weights that follow it are stored N:M (``nm_format``).
     """
     if dtype not in (torch.float32, torch.float16):
         raise ValueError(f"values are stored as float32 or float16, not {dtype}")
     if codebook_bits is not None and not (1 <= codebook_bits <= 8 and sparse):
         raise ValueError("a codebook needs sparse storage and 1 to 8 bits per value")
-    tensors, layout = {}, {}
+    tensors, layout, nm = {}, {}, {}
     for name, param in model.state_dict().items():
-        if sparse and name.endswith("weight") and param.dim() >= 2:
+        weight = sparse and name.endswith("weight") and param.dim() >= 2
+        encoded = nm_format.encode(param, pattern) if weight and pattern is not None else None
+        if encoded is not None and codebook_bits is None:
+            tensors[f"{name}.nm_values"], tensors[f"{name}.nm_places"] = encoded
+            tensors[f"{name}.nm_values"] = tensors[f"{name}.nm_values"].to(dtype)
+            nm[name] = [list(param.shape), pattern.n, pattern.m]
+        elif weight:
             values, gaps, counts = _encode_rows(param)
             if codebook_bits is None:
                 tensors[f"{name}.values"] = torch.from_numpy(values).to(dtype)
@@ -171,6 +184,7 @@ def save_sparse(
         "format": FORMAT,
         "model": json.dumps(to_dict(config) if config is not None else None),
         "sparse": json.dumps(layout),
+        "nm": json.dumps(nm),
         "sha256": _digest(tensors),
     }
     blob = save(tensors, metadata=metadata)
@@ -215,8 +229,15 @@ def load_sparse(
             tensors[f"{name}.counts"].numpy(),
             shape,
         )
+    for name, (shape, n, m) in json.loads(metadata.get("nm", "{}")).items():
+        try:
+            values, places = tensors[f"{name}.nm_values"], tensors[f"{name}.nm_places"]
+            state[name] = nm_format.decode(values, places, shape, NM(n, m))
+        except (KeyError, ValueError) as err:
+            raise ExportError(f"{path}: the N:M weight {name} cannot be read ({err})") from err
+    stored = (".values", ".gaps", ".counts", ".codebook", ".codes", ".nm_values", ".nm_places")
     for name, tensor in tensors.items():
-        if not name.endswith((".values", ".gaps", ".counts", ".codebook", ".codes")):
+        if not name.endswith(stored):
             state[name] = tensor.float() if tensor.is_floating_point() else tensor
     try:
         model.load_state_dict(state)
@@ -344,7 +365,9 @@ def export_cell(
             "describe; export it as sparse (loaded into the model) or as onnx"
         )
     if form == "sparse":
-        size = save_sparse(model, model_config, out, dtype, codebook_bits=codebook_bits)
+        pattern = NM.parse(PruneMethod.parse(method).scope)
+        size = save_sparse(model, model_config, out, dtype, codebook_bits=codebook_bits,
+                           pattern=pattern)  # fmt: skip
         written, _ = load_sparse(out)
         runner = written
     elif form == "compact":

@@ -1,0 +1,66 @@
+"""N:M-sparse weights stored compressed: for every group of M consecutive weights along
+a row, its N kept values, and their places in the group bit-packed at ceil(log2 M)
+bits each (2 bits for 2:4: an eighth of the values' bytes at float16, as sparse
+tensor cores hold their metadata). ``export.save_sparse`` uses it for the layers
+whose every group has at most N non-zeros, and CSR for the rest.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from prunelab.prune.allocate import NM
+
+
+def bits_for(pattern: NM) -> int:
+    return max(1, math.ceil(math.log2(pattern.m)))
+
+
+def encode(weight: torch.Tensor, pattern: NM) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(values [rows, groups, N], packed places) of ``weight``, or None where it does not
+    follow the pattern (M does not divide its rows, or a group has over N non-zeros)."""
+    rows = weight.detach().cpu().float().flatten(1)
+    if rows.shape[1] % pattern.m:
+        return None
+    grouped = rows.reshape(rows.shape[0], -1, pattern.m)
+    nonzero = grouped != 0
+    if (nonzero.sum(-1) > pattern.n).any():
+        return None
+    # the non-zeros first (a group with fewer than N pads with zero-valued places)
+    places = torch.argsort(nonzero.to(torch.int8), dim=-1, descending=True, stable=True)
+    places = places[..., : pattern.n].sort(-1).values
+    return grouped.gather(-1, places), torch.from_numpy(_pack(places.numpy(), bits_for(pattern)))
+
+
+def decode(
+    values: torch.Tensor, packed: torch.Tensor, shape: list[int], pattern: NM
+) -> torch.Tensor:
+    """The weight of ``shape`` back from ``encode``'s values and places; a ValueError
+    where they do not fit it."""
+    rows, width = shape[0], math.prod(shape[1:])
+    groups = width // pattern.m
+    if width % pattern.m or tuple(values.shape) != (rows, groups, pattern.n):
+        raise ValueError(f"N:M values {list(values.shape)} do not fit a weight of {shape}")
+    places = _unpack(packed.numpy(), bits_for(pattern), values.numel())
+    if places.size and int(places.max()) >= pattern.m:
+        raise ValueError(f"an N:M place falls outside its group of {pattern.m}")
+    grouped = torch.zeros(rows, groups, pattern.m, dtype=torch.float32)
+    grouped.scatter_(-1, torch.from_numpy(places).long().view_as(values), values.float())
+    return grouped.view(shape)
+
+
+def _pack(places: np.ndarray, bits: int) -> np.ndarray:
+    """Each place's low ``bits`` bits, one after the other, in bytes."""
+    low = np.unpackbits(places.astype(np.uint8).reshape(-1, 1), axis=1)[:, 8 - bits :]
+    return np.packbits(low.reshape(-1))
+
+
+def _unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    stream = np.unpackbits(packed.astype(np.uint8))
+    if stream.size < count * bits:
+        raise ValueError("the N:M places are shorter than their values")
+    low = stream[: count * bits].reshape(count, bits)
+    return np.packbits(np.pad(low, ((0, 0), (8 - bits, 0))), axis=1).reshape(-1)
