@@ -155,13 +155,7 @@ def find_budget(
         task.metric.check_tolerance(max_drop)
     method = PruneMethod(structure, criterion)
     schedule_config = Schedule(schedule)
-    dense_run = None
-    if SCHEDULES[schedule].rewinds:
-        if rewind is None:
-            raise ValueError(f"the {schedule} schedule rewinds to early dense weights: "
-                             "give rewind=Rewind(state, train_config)")  # fmt: skip
-        fresh = rewind.fresh or partial(_reinitialised, model)
-        dense_run = DenseRun(rewind.state, rewind.train, fresh)
+    dense_run = _dense_run(schedule, rewind, model)
     finetune = finetune or TrainConfig(epochs=1)
     data = _streamed(model, train_loader, val_loader, test_loader, task)
     test_split = data.test if test_loader is not None else None
@@ -184,6 +178,16 @@ def find_budget(
     answer = BudgetAnswer.of(method.name, schedule, max_drop, best, probes, dense_val,
                              dense_test, task.metric.name)  # fmt: skip
     return BudgetResult(answer, chosen)
+
+
+def _dense_run(schedule: str, rewind: Rewind | None, model: nn.Module) -> DenseRun | None:
+    """What a rewinding schedule needs, from ``rewind``; None for the others."""
+    if not SCHEDULES[schedule].rewinds:
+        return None
+    if rewind is None:
+        raise ValueError(f"the {schedule} schedule rewinds to early dense weights: "
+                         "give rewind=Rewind(state, train_config)")  # fmt: skip
+    return DenseRun(rewind.state, rewind.train, rewind.fresh or partial(_reinitialised, model))
 
 
 def _reinitialised(model: nn.Module, seed: int) -> nn.Module:
