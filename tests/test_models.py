@@ -52,3 +52,14 @@ def test_seeded_build_gives_the_same_weights_and_leaves_global_rng_alone():
     assert torch.rand(1) == expected_next
     b = build_model(ModelConfig(hidden=(8,)), seed=5)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_caffes_lenet_has_the_size_han_et_al_prune():
+    """Deep Compression's LeNet-5: 431K parameters, 1,720 KB in float32."""
+    model = build_model(ModelConfig("lenet5-caffe"))
+    assert sum(p.numel() for p in model.parameters()) == 431_080
+    assert [type(m).__name__ for m in model] == ["Conv2d", "MaxPool2d", "Conv2d", "MaxPool2d",
+                                                 "Flatten", "Linear", "ReLU", "Linear"]  # fmt: skip
+    assert build_model(ModelConfig("lenet5-caffe").for_data((3, 32, 32), 100))(
+        torch.zeros(2, 3, 32, 32)
+    ).shape == (2, 100)

@@ -1,9 +1,12 @@
+import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from prunelab.data import load_dataset
 from prunelab.models import ModelConfig, build_model
-from prunelab.train import TrainConfig, evaluate, train
+from prunelab.splits import Split
+from prunelab.train import OPTIMIZERS, TrainConfig, evaluate, train
 
 
 def test_training_learns_and_records_every_epoch(tiny_data_dir):
@@ -59,3 +62,36 @@ def test_evaluate_matches_a_hand_computed_loss_and_accuracy():
     logits = torch.stack([x.flatten(), -x.flatten()], dim=1)
     assert abs(result.loss - nn.functional.cross_entropy(logits, y).item()) < 1e-6
     assert result.metric == 1 / 3
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [{"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+     {"optimizer": "rmsprop", "momentum": 0.5, "weight_decay": 1e-3},
+     {"optimizer": "adam", "weight_decay": 1e-4}],
+)  # fmt: skip
+def test_momentum_nesterov_and_weight_decay_reach_the_optimizer(recipe):
+    """Three steps of train() equal three steps of the torch optimizer built by hand."""
+    x, y = torch.randn(24, 5), torch.randint(0, 3, (24,))
+    config = TrainConfig(epochs=1, batch_size=8, lr=0.05, lr_schedule="constant", **recipe)
+    torch.manual_seed(0)
+    ours, theirs = nn.Linear(5, 3), nn.Linear(5, 3)
+    theirs.load_state_dict(ours.state_dict())
+    train(ours, Split(x, y), Split(x, y), config, seed=4)
+    options = {k: v for k, v in recipe.items() if k != "optimizer"}
+    optimizer = OPTIMIZERS[recipe["optimizer"]](theirs.parameters(), lr=0.05, **options)
+    order = torch.randperm(24, generator=torch.Generator().manual_seed(4))
+    for start in range(0, 24, 8):
+        idx = order[start : start + 8]
+        optimizer.zero_grad()
+        F.cross_entropy(theirs(x[idx]), y[idx]).backward()
+        optimizer.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_momentum_settings_that_mean_nothing_are_refused():
+    with pytest.raises(ValueError, match="adam has no momentum"):
+        TrainConfig(momentum=0.9)
+    with pytest.raises(ValueError, match="Nesterov momentum needs --optimizer sgd"):
+        TrainConfig(optimizer="sgd", nesterov=True)

@@ -188,6 +188,28 @@ def lenet5(
     )  # fmt: skip
 
 
+def lenet5_caffe(
+    hidden: tuple[int, ...] = (20, 50, 500), dropout: tuple[float, ...] = (),
+    num_classes: int = 10, shape: tuple[int, ...] = MNIST_SHAPE,
+) -> nn.Sequential:  # fmt: skip
+    """Caffe's LeNet (its MNIST example, the LeNet-5 of Han et al. 2015 and Deep
+    Compression): 5x5 convolutions without padding, each max-pooled, a ReLU fully
+    connected layer; 431,080 parameters on 28x28 images, 1,724,320 bytes in float32."""
+    conv1, conv2, fc1 = hidden
+    channels, height, width = shape
+    side = lambda n: ((n - 4) // 2 - 4) // 2  # noqa: E731 (conv, pool, conv, pool)
+    if min(side(height), side(width)) < 1:
+        raise ValueError(f"lenet5-caffe needs images of at least 16x16 pixels, got "
+                         f"{height}x{width}")  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(channels, conv1, 5), nn.MaxPool2d(2),
+        nn.Conv2d(conv1, conv2, 5), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(conv2 * side(height) * side(width), fc1), nn.ReLU(),
+        nn.Linear(fc1, num_classes),
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ModelKind:
     """A registered model: one entry of ``MODELS``, all that names it elsewhere.
@@ -209,6 +231,8 @@ MODELS: dict[str, ModelKind] = {
     "mlp": ModelKind(mlp, (1000, 1000, 500, 200), "the seed's ReLU MLP"),
     "lenet5": ModelKind(lenet5, (6, 16, 120, 84), "a small CNN (LeNet-5: conv1, conv2, fc1, "
                         "fc2)", depth=4, dropout=False),
+    "lenet5-caffe": ModelKind(lenet5_caffe, (20, 50, 500), "Caffe's LeNet, as Han et al. "
+                              "prune it (conv1, conv2, fc1)", depth=3, dropout=False),
     "resnet20": ModelKind(resnet20, (16, 32, 64), "ResNet-20 (BatchNorm, residual "
                           "shortcuts; stage widths)", depth=3, dropout=False),
     "mobilenetv2": ModelKind(mobilenetv2, (16, 24, 32, 64), "a small MobileNetV2 (inverted "

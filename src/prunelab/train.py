@@ -56,10 +56,35 @@ class TrainConfig:
     augment: bool = field(
         default=False, metadata={"help": "augmentation (small random rotations, zooms and shifts)"}
     )
+    momentum: float = field(default=0.0, metadata={"help": "momentum (sgd, rmsprop)"})
+    nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum (sgd)"})
+    weight_decay: float = field(
+        default=0.0,
+        metadata={"help": "L2 penalty on the weights, as the optimizer applies it (pruned "
+                  "weights stay zero)"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("lr schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.momentum and self.optimizer == "adam":
+            raise ValueError("adam has no momentum setting (its betas); use sgd or rmsprop")
+        if self.nesterov and not (self.optimizer == "sgd" and self.momentum > 0):
+            raise ValueError("Nesterov momentum needs --optimizer sgd and --momentum > 0")
+        if not (0 <= self.momentum < 1 and self.weight_decay >= 0):
+            raise ValueError(f"need 0 <= momentum < 1 and weight_decay >= 0, got momentum="
+                             f"{self.momentum}, weight_decay={self.weight_decay}")  # fmt: skip
+
+    def optimizer_for(self, parameters) -> torch.optim.Optimizer:
+        """This recipe's optimizer of ``parameters``."""
+        options = {"lr": self.lr, "weight_decay": self.weight_decay}
+        if self.optimizer in FUSED:
+            options["fused"] = True
+        if self.optimizer != "adam":
+            options["momentum"] = self.momentum
+        if self.optimizer == "sgd":
+            options["nesterov"] = self.nesterov
+        return OPTIMIZERS[self.optimizer](parameters, **options)
         if self.lr <= 0 or self.batch_size < 1 or self.epochs < 0:
             raise ValueError(
                 "need lr > 0, batch_size >= 1 and epochs >= 0, got "
@@ -143,8 +168,7 @@ class _Loop:
     def __init__(self, model, config, task, seed, after_step):
         self.model, self.config, self.task, self.after_step = model, config, task, after_step
         self.order_gen = torch.Generator().manual_seed(seed)
-        fused = {"fused": True} if config.optimizer in FUSED else {}
-        self.optimizer = OPTIMIZERS[config.optimizer](model.parameters(), lr=config.lr, **fused)
+        self.optimizer = config.optimizer_for(model.parameters())
 
     def run(self, train_split, val_split, desc, log) -> list[EpochRecord]:
         total_steps = steps_per_epoch(train_split, self.config.batch_size) * self.config.epochs
