@@ -3,6 +3,7 @@ group, Wanda's scores against their definition, and on a trained network Wanda a
 at 2:4 keeping more of it than magnitude does."""
 
 import copy
+import json
 import math
 
 import pytest
@@ -12,24 +13,29 @@ from torch import nn
 
 from prunelab import PruneMethod, nm_format, prune
 from prunelab.data import load_dataset
-from prunelab.export import load_sparse, save_sparse
+from prunelab.export import ExportError, load_sparse, save_sparse
 from prunelab.models import ModelConfig, build_model
-from prunelab.prune.allocate import NM
 from prunelab.prune.criteria import ScoreContext, wanda
+from prunelab.prune.nm import NM
 from prunelab.report import write_report
+from prunelab.schedules import Schedule
 from prunelab.study import run_study
 from prunelab.study_config import RunOptions, StudyConfig
 from prunelab.train import TrainConfig, train
 
 
 def groups_of(weight: torch.Tensor, m: int) -> torch.Tensor:
-    return weight.flatten(1).reshape(weight.shape[0], -1, m)
+    """Groups as sparse tensor cores read them: a convolution's input channels at each
+    kernel position ([out, kh, kw, in]), a linear layer's inputs."""
+    if weight.dim() == 4:
+        weight = weight.permute(0, 2, 3, 1)
+    return weight.reshape(weight.shape[0], -1, m)
 
 
 def small_convnet() -> nn.Module:
-    """Rows of 8, 16 and 288 inputs: every M of the tests divides them."""
-    return nn.Sequential(nn.Conv2d(2, 4, 2), nn.ReLU(), nn.Conv2d(4, 8, 2), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(8 * 36, 16), nn.ReLU(),
+    """8 input channels, 8 input channels, 576 inputs: every M of the tests divides them."""
+    return nn.Sequential(nn.Conv2d(8, 8, 2), nn.ReLU(), nn.Conv2d(8, 16, 2), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(16 * 36, 16), nn.ReLU(),
                          nn.Linear(16, 3))  # fmt: skip
 
 
@@ -38,7 +44,7 @@ def small_convnet() -> nn.Module:
 def test_every_group_of_m_keeps_exactly_n_weights(criterion, n, m):
     torch.manual_seed(0)
     model = small_convnet()
-    x, y = torch.randn(64, 2, 8, 8), torch.randint(0, 3, (64,))
+    x, y = torch.randn(64, 8, 8, 8), torch.randint(0, 3, (64,))
     masks = prune(model, f"weight:{criterion}@{n}:{m}", 1 - n / m, batches=[(x, y)])
     for name in ("0", "2", "5"):  # the logits layer, 7, stays dense
         weight = model.get_submodule(name).weight
@@ -50,10 +56,10 @@ def test_every_group_of_m_keeps_exactly_n_weights(criterion, n, m):
 def test_wanda_scores_are_magnitude_times_the_norm_of_each_input():
     torch.manual_seed(1)
     model = small_convnet()
-    x = torch.randn(10, 2, 8, 8)
+    x = torch.randn(10, 8, 8, 8)
     layers = {"0": model[0], "5": model[5]}
     scores = wanda(ScoreContext(model, layers, "weight", [(x[:6], None), (x[6:], None)]))
-    patches = F.unfold(x, 2).transpose(1, 2).reshape(-1, 8)  # conv 0's inputs, row by row
+    patches = F.unfold(x, 2).transpose(1, 2).reshape(-1, 32)  # conv 0's inputs, row by row
     expected = model[0].weight.abs().flatten(1) * patches.norm(dim=0)
     torch.testing.assert_close(scores["0"].flatten(1), expected)
     features = model[:5](x)
@@ -68,9 +74,11 @@ def test_n_m_mistakes_are_clear_errors():
     with pytest.raises(ValueError, match="unknown scope 'row'; choose from layer, global, N:M"):
         PruneMethod.parse("weight@row")
     model = small_convnet()
-    with pytest.raises(ValueError, match="removes exactly 0.5 of the weights; give k = 0.5"):
+    with pytest.raises(
+        ValueError, match="2:4 removes exactly 0.5 of the weights, one-shot; give k = 0.5"
+    ):
         prune(model, "weight@2:4", 0.7)
-    with pytest.raises(ValueError, match="layer '0' has 9 inputs per row, not a multiple of 4"):
+    with pytest.raises(ValueError, match="layer '0' has 1 input channels, not a multiple of 4"):
         prune(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 36, 2)),
               "weight@2:4", 0.5)  # fmt: skip
 
@@ -131,3 +139,34 @@ def _scrambled(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         with torch.no_grad():
             module.weight.normal_()
+
+
+def test_pattern_mistakes_of_a_study_or_a_schedule_are_said_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"weight:wanda@2:4 prunes 2:4 one-shot, at k = 0.5 only"):
+        StudyConfig(methods=("weight:wanda@2:4",), ks=(0.5, 0.9))
+    with pytest.raises(ValueError, match="give --ks 0.5 and the oneshot schedule"):
+        StudyConfig(methods=("weight@2:4",), ks=(0.5,), schedule=Schedule("iterative"))
+    StudyConfig(methods=("weight@1:3",), ks=(0.667,))  # to within half a weight of a group
+    with pytest.raises(ValueError, match="0 < N < M <= 256"):
+        PruneMethod.parse("weight@2:512")
+    model = small_convnet()
+    earlier = prune(model, "weight", 0.3)
+    with pytest.raises(ValueError, match="2:4 pruning is one-shot: it cannot start from earlier"):
+        prune(model, "weight@2:4", 0.5, pruned=earlier)
+    grouped = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.Flatten(), nn.Linear(8 * 36, 2))
+    with pytest.raises(ValueError, match="8 groups .* cannot score it; leave it out with --ignore"):
+        prune(grouped, "weight:wanda", 0.5, batches=[(torch.randn(4, 8, 8, 8), None)])
+
+
+def test_a_file_with_broken_n_m_metadata_is_refused_not_a_traceback(tmp_path):
+    from safetensors.torch import load, save
+
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    prune(model, "weight@2:4", 0.5)
+    save_sparse(model, None, tmp_path / "nm.st", pattern=NM(2, 4))
+    blob = (tmp_path / "nm.st").read_bytes()
+    header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])["__metadata__"]
+    for broken in ("[1, 2]", '{"0.weight": [[4, 8], 2]}', '{"0.weight": [[4, 8], 2, 0]}', "{"):
+        (tmp_path / "bad.st").write_bytes(save(load(blob), metadata={**header, "nm": broken}))
+        with pytest.raises(ExportError, match="N:M weights cannot be read"):
+            load_sparse(tmp_path / "bad.st", into=copy.deepcopy(model))

@@ -47,7 +47,7 @@ from prunelab.models import ModelConfig, build_model, is_chain
 from prunelab.options import check_choice
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod
-from prunelab.prune.allocate import NM
+from prunelab.prune.nm import NM
 from prunelab.storage import atomic_write_bytes, state_dict_bytes
 from prunelab.study_config import RunOptions, StudyConfig, open_run
 from prunelab.train import evaluate
@@ -229,12 +229,12 @@ def load_sparse(
             tensors[f"{name}.counts"].numpy(),
             shape,
         )
-    for name, (shape, n, m) in json.loads(metadata.get("nm", "{}")).items():
-        try:
+    try:
+        for name, (shape, n, m) in json.loads(metadata.get("nm", "{}")).items():
             values, places = tensors[f"{name}.nm_values"], tensors[f"{name}.nm_places"]
-            state[name] = nm_format.decode(values, places, shape, NM(n, m))
-        except (KeyError, ValueError) as err:
-            raise ExportError(f"{path}: the N:M weight {name} cannot be read ({err})") from err
+            state[name] = nm_format.decode(values, places, shape, NM.parse(f"{n}:{m}"))
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as err:
+        raise ExportError(f"{path}: its N:M weights cannot be read ({err})") from err
     stored = (".values", ".gaps", ".counts", ".codebook", ".codes", ".nm_values", ".nm_places")
     for name, tensor in tensors.items():
         if not name.endswith(stored):
@@ -365,9 +365,8 @@ def export_cell(
             "describe; export it as sparse (loaded into the model) or as onnx"
         )
     if form == "sparse":
-        pattern = NM.parse(PruneMethod.parse(method).scope)
         size = save_sparse(model, model_config, out, dtype, codebook_bits=codebook_bits,
-                           pattern=pattern)  # fmt: skip
+                           pattern=PruneMethod.parse(method).pattern)  # fmt: skip
         written, _ = load_sparse(out)
         runner = written
     elif form == "compact":

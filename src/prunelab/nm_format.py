@@ -1,5 +1,5 @@
-"""N:M-sparse weights stored compressed: for every group of M consecutive weights along
-a row, its N kept values, and their places in the group bit-packed at ceil(log2 M)
+"""N:M-sparse weights stored compressed: for every group of M (``prunelab.prune.nm``),
+its N kept values, and their places in the group bit-packed at ceil(log2 M)
 bits each (2 bits for 2:4: an eighth of the values' bytes at float16, as sparse
 tensor cores hold their metadata). ``export.save_sparse`` uses it for the layers
 whose every group has at most N non-zeros, and CSR for the rest.
@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from prunelab.prune.allocate import NM
+from prunelab.prune.nm import NM
 
 
 def bits_for(pattern: NM) -> int:
@@ -22,10 +22,9 @@ def bits_for(pattern: NM) -> int:
 def encode(weight: torch.Tensor, pattern: NM) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(values [rows, groups, N], packed places) of ``weight``, or None where it does not
     follow the pattern (M does not divide its rows, or a group has over N non-zeros)."""
-    rows = weight.detach().cpu().float().flatten(1)
-    if rows.shape[1] % pattern.m:
+    if weight.shape[1] % pattern.m:
         return None
-    grouped = rows.reshape(rows.shape[0], -1, pattern.m)
+    grouped = pattern.grouped(weight.detach().cpu().float().flatten(1), weight.shape)
     nonzero = grouped != 0
     if (nonzero.sum(-1) > pattern.n).any():
         return None
@@ -40,16 +39,17 @@ def decode(
 ) -> torch.Tensor:
     """The weight of ``shape`` back from ``encode``'s values and places; a ValueError
     where they do not fit it."""
-    rows, width = shape[0], math.prod(shape[1:])
-    groups = width // pattern.m
-    if width % pattern.m or tuple(values.shape) != (rows, groups, pattern.n):
+    if len(shape) < 2 or shape[1] % pattern.m:
+        raise ValueError(f"a weight of {shape} cannot be stored {pattern}")
+    rows, groups = shape[0], math.prod(shape[1:]) // pattern.m
+    if tuple(values.shape) != (rows, groups, pattern.n):
         raise ValueError(f"N:M values {list(values.shape)} do not fit a weight of {shape}")
     places = _unpack(packed.numpy(), bits_for(pattern), values.numel())
     if places.size and int(places.max()) >= pattern.m:
         raise ValueError(f"an N:M place falls outside its group of {pattern.m}")
     grouped = torch.zeros(rows, groups, pattern.m, dtype=torch.float32)
     grouped.scatter_(-1, torch.from_numpy(places).long().view_as(values), values.float())
-    return grouped.view(shape)
+    return pattern.ungrouped(grouped, shape).view(shape)
 
 
 def _pack(places: np.ndarray, bits: int) -> np.ndarray:

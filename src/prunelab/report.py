@@ -19,9 +19,9 @@ from prunelab.factories import is_factory
 from prunelab.paths import RunPaths
 from prunelab.provenance import describe
 from prunelab.prune import PruneMethod
-from prunelab.prune.allocate import NM
 from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.method import file_safe
+from prunelab.prune.nm import NM
 from prunelab.results import mean_dense, read_results, renamed
 from prunelab.schedules import describe_schedule
 from prunelab.storage import atomic_write_text

@@ -48,7 +48,6 @@ from prunelab.models import ModelConfig, build_model, is_chain, prunable_layers
 from prunelab.paths import RunPaths
 from prunelab.provenance import environment
 from prunelab.prune import PruneMethod
-from prunelab.prune.allocate import NM
 from prunelab.prune.groups import Graph, dead
 from prunelab.prune.method import file_safe
 from prunelab.results import (
@@ -275,7 +274,7 @@ def _deployment(
     """Store the pruned model sparse; count the FLOPs per sample of its dense form and of
     its deployable form (compacted for units; for weights, those of non-zero weights) and
     time the latter (for weights, the faster of dense and CSR sparse)."""
-    bytes_sparse = save_sparse(model, model_config, model_path, pattern=NM.parse(method.scope))
+    bytes_sparse = save_sparse(model, model_config, model_path, pattern=method.pattern)
     if method.structure == "unit":
         forms = [compact(model, example)]
         deployed_flops = flops(forms[0], example)

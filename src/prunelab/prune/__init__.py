@@ -17,7 +17,7 @@ from prunelab.models import (
     is_chain,
     prunable_layers,
 )
-from prunelab.prune.allocate import NM, allocator
+from prunelab.prune.allocate import allocator
 from prunelab.prune.criteria import CRITERIA, NeedsCalibrationError, ScoreContext
 from prunelab.prune.group_criteria import GroupContext
 from prunelab.prune.group_obs import reconstruct_groups
@@ -56,6 +56,9 @@ def prune(
     """
     method = PruneMethod.parse(method) if isinstance(method, str) else method
     task = task_of(task)
+    if method.pattern is not None and pruned is not None:
+        raise ValueError(f"{method.pattern} pruning is one-shot: it cannot start from earlier "
+                         "masks (an iterative, gradual or lottery schedule)")  # fmt: skip
     check_k(k)
     _refuse_torch_prune_hooks(model)
     batches = _pairs(batches)
@@ -72,9 +75,8 @@ def prune(
     layers = _layers(model, graph, include_last, ignore, include)
     if method.solver_rounds is not None:
         rounds = method.solver_rounds
-        pattern = NM.parse(method.scope)
         updates, masks = reconstruct(model, layers, method.structure, k, batches, rounds,
-                                     pattern=pattern)  # fmt: skip
+                                     pattern=method.pattern)  # fmt: skip
         _write(model, updates)
         if pruned is not None:  # a solver prunes zero weights first; this makes it certain
             masks = masks & pruned

@@ -63,6 +63,11 @@ def _patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     ``weight.flatten(1)``.
     """
     if isinstance(layer, nn.Conv2d):
+        if layer.groups != 1 or layer.padding_mode != "zeros":
+            raise ValueError(f"a convolution with {layer.groups} groups and {layer.padding_mode} "
+                             "padding reads its inputs otherwise than one matrix product: the "
+                             "criteria that read inputs per weight (obd, fisher, wanda, obs, obc) "
+                             "cannot score it; leave it out with --ignore")  # fmt: skip
         cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
         return cols.transpose(1, 2)
     return x.reshape(x.shape[0], -1, x.shape[-1])

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prunelab.options import check_choice
-from prunelab.prune.allocate import NM
 from prunelab.prune.criteria import CRITERIA
+from prunelab.prune.nm import NM
 
 STRUCTURES = ("weight", "unit")
 SCOPES = ("layer", "global")
@@ -31,7 +31,7 @@ class PruneMethod:
         if self.solver_rounds is not None and self.scope == "global":
             raise ValueError(
                 f"{self.criterion} solves each layer's reconstruction on its own, so it "
-                "allocates per layer: use scope 'layer'"
+                "allocates per layer: use scope 'layer' or an N:M pattern"
             )
 
     @classmethod
@@ -51,6 +51,11 @@ class PruneMethod:
             else f"{self.structure}:{self.criterion}"
         )
         return name if self.scope == "layer" else f"{name}@{self.scope}"
+
+    @property
+    def pattern(self) -> NM | None:
+        """The N:M pattern this method prunes to, if its scope is one."""
+        return NM.parse(self.scope)
 
     @property
     def needs_data(self) -> bool:

@@ -27,9 +27,10 @@ import copy
 import torch
 from torch import nn
 
-from prunelab.prune.allocate import NM, count_to_remove
+from prunelab.prune.allocate import count_to_remove
 from prunelab.prune.curvature import Batches, layer_input_hessian
 from prunelab.prune.masks import Masks
+from prunelab.prune.nm import NM
 
 ROW_CHUNK = 128  # rows solved together: bounds the memory of the batched systems
 # The per-row systems are solved in float32: twice as fast as float64 on CPU, and
@@ -85,11 +86,13 @@ def solve_rows(
 
 
 def obs_rows(
-    w: torch.Tensor, h: torch.Tensor, remove: int, rounds: int = 1, pattern: NM | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+    w: torch.Tensor, h: torch.Tensor, remove: int, rounds: int = 1, pattern: NM | None = None,
+    shape: torch.Size | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Prune ``remove`` weights from every row of ``w`` [rows, d] by (greedy) OBS, or,
-    with an N:M ``pattern``, M - N of every group of M (the kept weights of each row
-    are then re-solved together, as SparseGPT re-fits within its N:M choice).
+    with an N:M ``pattern``, M - N of every group of M of the weight of ``shape`` (the
+    kept weights of each row are then re-solved together, as SparseGPT re-fits within
+    its N:M choice).
 
     Returns the corrected weights and the keep mask.
     """
@@ -107,9 +110,7 @@ def obs_rows(
             drop = torch.topk(score, step, dim=1, largest=False).indices
             keep.scatter_(1, drop, False)
         else:  # the lowest kept scores of each group (pruned ones score inf: last)
-            grouped = pattern.groups(score)
-            drop = torch.argsort(grouped, dim=-1, stable=True)[..., :step]
-            keep.view_as(grouped).scatter_(-1, drop, False)
+            keep.scatter_(1, pattern.lowest(score, shape, step), False)
         removed += step
         w, inv_diag = solve_rows(w_dense, h, h_inv, keep, with_inverse=r < rounds)
     return w, keep
@@ -204,8 +205,9 @@ def _reconstruct(model, layers, structure, k, batches, rounds, damping, pattern)
             w = layer.weight.flatten(1).double()
             if pattern is not None:
                 pattern.check(k)
-                pattern.groups(w, name)  # M divides the row, or a ValueError naming it
-            new, keep = obs_rows(w, h, count_to_remove(k, w.shape[1]), rounds, pattern)
+                pattern.columns(layer.weight.shape, name)  # or a ValueError naming the layer
+            remove = count_to_remove(k, w.shape[1])
+            new, keep = obs_rows(w, h, remove, rounds, pattern, layer.weight.shape)
             layer.weight.copy_(new.view_as(layer.weight))
             masks[f"{name}.weight"] = keep.view_as(layer.weight)
             continue
