@@ -1,9 +1,12 @@
 import importlib.util
+import json
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
+from prunelab import bitpack, export
 from prunelab.export import (
     ExportError,
     _decode_rows,
@@ -84,6 +87,30 @@ def test_codebook_file_keeps_zeros_and_shares_values(tmp_path):
             assert torch.equal(after, before), name
     with pytest.raises(ValueError, match="1 to 8 bits"):
         save_sparse(model, config, tmp_path / "x.safetensors", codebook_bits=9)
+    stored = safetensors.torch.load_file(tmp_path / "c.safetensors")
+    for name in ("1.weight", "3.weight"):  # 5 bits a code, packed
+        codes, gaps = stored[f"{name}.codes"], stored[f"{name}.gaps"]
+        assert codes.numel() == -(-len(gaps) * 5 // 8)
+
+
+def test_a_codebook_file_of_one_byte_codes_still_loads(tmp_path):
+    """Files written before codes were packed held a uint8 per code, and no code_bits."""
+    config = ModelConfig(hidden=(32,))
+    model = build_model(config, seed=0)
+    prune(model, PruneMethod("weight"), 0.9)
+    save_sparse(model, config, tmp_path / "new.st", codebook_bits=3)
+    blob = (tmp_path / "new.st").read_bytes()
+    header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])["__metadata__"]
+    tensors = safetensors.torch.load(blob)
+    for name in ("1.weight", "3.weight"):
+        tensors[f"{name}.codes"] = torch.from_numpy(
+            bitpack.unpack(tensors[f"{name}.codes"].numpy(), 3, len(tensors[f"{name}.gaps"]))
+        )
+    old = {key: value for key, value in header.items() if key != "code_bits"}
+    old["sha256"] = export._digest(tensors)
+    (tmp_path / "old.st").write_bytes(safetensors.torch.save(tensors, metadata=old))
+    for name, value in load_sparse(tmp_path / "old.st")[0].state_dict().items():
+        assert torch.equal(value, load_sparse(tmp_path / "new.st")[0].state_dict()[name])
 
 
 def test_truncated_or_tampered_files_are_refused(tmp_path):

@@ -16,8 +16,8 @@ and their bit-packed places (``nm_format``) instead of CSR.
 
 Optionally (``codebook_bits``) the values of each sparse weight are shared, as in
 Deep Compression: a 1-D k-means finds at most 2**bits - 1 centroids per layer,
-and each value is stored as a uint8 code into that layer's codebook (code 0 is
-the exact zero of the gap fillers).
+and each value is stored as a code of ``bits`` bits into that layer's codebook
+(code 0 is the exact zero of the gap fillers), bit-packed (``bitpack``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
-from prunelab import nm_format
+from prunelab import bitpack, nm_format
 from prunelab.bases import load_study_data
 from prunelab.compact import CompactionError, compact
 from prunelab.config import from_dict, to_dict
@@ -114,6 +114,19 @@ def _share_values(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray
     return np.r_[np.float32(0), centroids], codes
 
 
+def _shared_values(tensors: dict, name: str, code_bits: str | None) -> torch.Tensor:
+    """A layer's stored values from its codebook and codes, packed at ``code_bits`` bits
+    (or, from files before packing, a byte each)."""
+    codebook, codes = tensors[f"{name}.codebook"].float(), tensors[f"{name}.codes"]
+    if code_bits:
+        count = len(tensors[f"{name}.gaps"])
+        codes = torch.from_numpy(bitpack.unpack(codes.numpy(), int(code_bits), count))
+    codes = codes.long()
+    if codes.numel() and int(codes.max()) >= len(codebook):
+        raise ValueError(f"a code of {name} falls outside its codebook")
+    return codebook[codes]
+
+
 def _decode_rows(values, gaps, counts, shape) -> torch.Tensor:
     rows, width = shape[0], int(np.prod(shape[1:]))
     matrix = np.zeros((rows, width), dtype=np.float32)
@@ -173,7 +186,7 @@ def save_sparse(
             else:
                 codebook, codes = _share_values(values, codebook_bits)
                 tensors[f"{name}.codebook"] = torch.from_numpy(codebook).to(dtype)
-                tensors[f"{name}.codes"] = torch.from_numpy(codes)
+                tensors[f"{name}.codes"] = torch.from_numpy(bitpack.pack(codes, codebook_bits))
             tensors[f"{name}.gaps"] = torch.from_numpy(gaps)
             tensors[f"{name}.counts"] = torch.from_numpy(counts)
             layout[name] = list(param.shape)
@@ -185,6 +198,8 @@ def save_sparse(
         "model": json.dumps(to_dict(config) if config is not None else None),
         "sparse": json.dumps(layout),
         "nm": json.dumps(nm),
+        # codes at the codebook's width (files before it held one byte each)
+        "code_bits": str(codebook_bits) if codebook_bits is not None else "",
         "sha256": _digest(tensors),
     }
     blob = save(tensors, metadata=metadata)
@@ -217,10 +232,10 @@ def load_sparse(
     state = {}
     for name, shape in json.loads(metadata["sparse"]).items():
         if f"{name}.codes" in tensors:
-            codebook, codes = tensors[f"{name}.codebook"].float(), tensors[f"{name}.codes"].long()
-            if codes.numel() and int(codes.max()) >= len(codebook):
-                raise ExportError(f"{path}: a code of {name} falls outside its codebook")
-            values = codebook[codes]
+            try:
+                values = _shared_values(tensors, name, metadata.get("code_bits"))
+            except ValueError as err:
+                raise ExportError(f"{path}: {err}") from err
         else:
             values = tensors[f"{name}.values"].float()
         state[name] = _decode_rows(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
+from prunelab import bitpack
 from prunelab.prune.nm import NM
 
 
@@ -31,7 +31,8 @@ def encode(weight: torch.Tensor, pattern: NM) -> tuple[torch.Tensor, torch.Tenso
     # the non-zeros first (a group with fewer than N pads with zero-valued places)
     places = torch.argsort(nonzero.to(torch.int8), dim=-1, descending=True, stable=True)
     places = places[..., : pattern.n].sort(-1).values
-    return grouped.gather(-1, places), torch.from_numpy(_pack(places.numpy(), bits_for(pattern)))
+    packed = bitpack.pack(places.numpy(), bits_for(pattern))
+    return grouped.gather(-1, places), torch.from_numpy(packed)
 
 
 def decode(
@@ -44,23 +45,9 @@ def decode(
     rows, groups = shape[0], math.prod(shape[1:]) // pattern.m
     if tuple(values.shape) != (rows, groups, pattern.n):
         raise ValueError(f"N:M values {list(values.shape)} do not fit a weight of {shape}")
-    places = _unpack(packed.numpy(), bits_for(pattern), values.numel())
+    places = bitpack.unpack(packed.numpy(), bits_for(pattern), values.numel())
     if places.size and int(places.max()) >= pattern.m:
         raise ValueError(f"an N:M place falls outside its group of {pattern.m}")
     grouped = torch.zeros(rows, groups, pattern.m, dtype=torch.float32)
     grouped.scatter_(-1, torch.from_numpy(places).long().view_as(values), values.float())
     return pattern.ungrouped(grouped, shape).view(shape)
-
-
-def _pack(places: np.ndarray, bits: int) -> np.ndarray:
-    """Each place's low ``bits`` bits, one after the other, in bytes."""
-    low = np.unpackbits(places.astype(np.uint8).reshape(-1, 1), axis=1)[:, 8 - bits :]
-    return np.packbits(low.reshape(-1))
-
-
-def _unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
-    stream = np.unpackbits(packed.astype(np.uint8))
-    if stream.size < count * bits:
-        raise ValueError("the N:M places are shorter than their values")
-    low = stream[: count * bits].reshape(count, bits)
-    return np.packbits(np.pad(low, ((0, 0), (8 - bits, 0))), axis=1).reshape(-1)
