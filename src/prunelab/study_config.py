@@ -21,7 +21,6 @@ from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod, check_k
 from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.method import SCOPES, STRUCTURES
-from prunelab.prune.nm import NM
 from prunelab.schedules import Schedule
 from prunelab.tasks import TASKS, Metric
 from prunelab.train import TrainConfig
@@ -128,7 +127,7 @@ class StudyConfig:
         for method in self.methods:
             pattern = PruneMethod.parse(method).pattern
             if pattern is not None:
-                _check_pattern_grid(method, pattern, self.ks, self.schedule.name)
+                pattern.check_grid(method, self.ks, self.schedule.name)
         if self.train_limit is not None and self.train_limit < 1:
             raise ValueError(f"`train_limit` must be positive, got {self.train_limit}")
         if self.seeds < 1:
@@ -177,13 +176,6 @@ class StudyConfig:
     def per_seed(self) -> list[StudyConfig]:
         """One configuration per seed; each has its own base model and cells."""
         return [replace(self, seed=self.seed + i, seeds=1) for i in range(self.seeds)]
-
-
-def _check_pattern_grid(method: str, pattern: NM, ks: tuple[float, ...], schedule: str) -> None:
-    """An N:M method runs one-shot at its one k: said before anything trains."""
-    if schedule != "oneshot" or any(abs(k - pattern.k) >= 0.5 / pattern.m for k in ks):
-        raise ValueError(f"{method} prunes {pattern} one-shot, at k = {pattern.k:.4g} only: "
-                         f"give --ks {pattern.k:.4g} and the oneshot schedule")  # fmt: skip
 
 
 SEED_TRAINING = TrainConfig(

@@ -56,11 +56,8 @@ def prune(
     """
     method = PruneMethod.parse(method) if isinstance(method, str) else method
     task = task_of(task)
-    if method.pattern is not None and pruned is not None:
-        raise ValueError(f"{method.pattern} pruning is one-shot: it cannot start from earlier "
-                         "masks (an iterative, gradual or lottery schedule)")  # fmt: skip
     check_k(k)
-    _refuse_torch_prune_hooks(model)
+    _check_start(model, method, pruned)
     batches = _pairs(batches)
     if batches and CRITERIA[method.criterion].reads_loss:
         _check_task(model, batches[0], task, method.criterion)
@@ -201,9 +198,13 @@ def _write(model: nn.Module, updates: dict[str, torch.Tensor]) -> None:
         params[name].copy_(value)
 
 
-def _refuse_torch_prune_hooks(model: nn.Module) -> None:
+def _check_start(model: nn.Module, method: PruneMethod, pruned: Masks | None) -> None:
     """A model pruned by ``torch.nn.utils.prune`` holds ``weight_orig`` where prunelab
-    expects ``weight``: say so, rather than fail on a missing name."""
+    expects ``weight``, and an N:M pattern is chosen in one shot: say so, rather than
+    fail on a missing name or keep what was pruned."""
+    if method.pattern is not None and pruned is not None:
+        raise ValueError(f"{method.pattern} pruning is one-shot: it cannot start from earlier "
+                         "masks (an iterative, gradual or lottery schedule)")  # fmt: skip
     carrying = [
         repr(name) for name, module in model.named_modules()
         if any(isinstance(h, torch_prune.BasePruningMethod)

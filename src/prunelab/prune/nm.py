@@ -47,6 +47,13 @@ class NM:
             raise ValueError(f"{self} removes exactly {self.k:g} of the weights, one-shot; give "
                              f"k = {self.k:.4g}, not {k:g}")  # fmt: skip
 
+    def check_grid(self, method: str, ks: tuple[float, ...], schedule: str) -> None:
+        """A study of ``method`` runs one-shot at this pattern's k: said before anything
+        trains."""
+        if schedule != "oneshot" or any(abs(k - self.k) >= 0.5 / self.m for k in ks):
+            raise ValueError(f"{method} prunes {self} one-shot, at k = {self.k:.4g} only: "
+                             f"give --ks {self.k:.4g} and the oneshot schedule")  # fmt: skip
+
     def columns(self, shape: torch.Size | tuple[int, ...], name: str = "") -> torch.Tensor:
         """The weight's flattened columns in the order its groups run, or a ValueError
         where M does not divide the inputs the groups run along."""
