@@ -174,8 +174,9 @@ def save_sparse(
     tensors, layout, nm = {}, {}, {}
     for name, param in model.state_dict().items():
         weight = sparse and name.endswith("weight") and param.dim() >= 2
-        encoded = nm_format.encode(param, pattern) if weight and pattern is not None else None
-        if encoded is not None and codebook_bits is None:
+        compress = weight and pattern is not None and codebook_bits is None
+        encoded = nm_format.encode(param, pattern) if compress else None
+        if encoded is not None:
             tensors[f"{name}.nm_values"], tensors[f"{name}.nm_places"] = encoded
             tensors[f"{name}.nm_values"] = tensors[f"{name}.nm_values"].to(dtype)
             nm[name] = [list(param.shape), pattern.n, pattern.m]

@@ -123,15 +123,16 @@ def _first(train: AnySplit, limit: int, name: str) -> AnySplit:
 def _checked(data: Dataset, name: str) -> Dataset:
     """The data with its number of classes (classification) or outputs per sample
     (regression), after a first batch of each split is read."""
+    first = {}
     for key in ("train", "val", "test"):
         try:
-            next(iter(getattr(data, key).batches(2)))
+            first[key] = next(iter(getattr(data, key).batches(2)))
         except StopIteration:
             raise DataError(f"{FLAG} {name!r}: the {key} split is empty") from None
         except Exception as err:
             raise DataError(f"{FLAG} {name!r}: reading the {key} split fails: "
                             f"{type(err).__name__}: {err}") from err  # fmt: skip
-    _, y = next(iter(data.train.batches(2)))
+    _, y = first["train"]
     if data.task.name == "classification":
         if y.is_floating_point():
             raise DataError(f"{FLAG} {name!r}: classification needs integer labels, got float "

@@ -92,7 +92,7 @@ class NM:
         """The flattened columns of the ``count`` lowest scores of every group of each row
         of ``score`` [out, d]: [out, groups x count]."""
         cols = self.columns(shape).to(score.device)
-        grouped = score[:, cols].reshape(score.shape[0], -1, self.m)
+        grouped = self.grouped(score, shape)
         within = torch.argsort(grouped, dim=-1, stable=True)[..., :count]
         starts = torch.arange(grouped.shape[1], device=score.device)[:, None] * self.m
         return cols[(within + starts).reshape(score.shape[0], -1)]
