@@ -101,6 +101,7 @@ def test_wanda_and_obs_at_2_4_keep_more_of_a_trained_network_than_magnitude(trai
         prune(pruned, f"weight:{criterion}@2:4", 0.5, batches=calibration)
         with torch.no_grad():
             losses[criterion] = F.cross_entropy(pruned(data.train.x), data.train.y).item()
+    print("loss at 2:4:", {name: round(loss, 3) for name, loss in losses.items()})
     assert losses["wanda"] < losses["magnitude"] and losses["obs"] < losses["magnitude"], losses
 
 

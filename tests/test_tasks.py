@@ -202,6 +202,7 @@ def test_a_language_model_learns_and_obs_keeps_its_perplexity_better_than_magnit
     calibration = train_split.sample(256, seed=0, batch_size=64)
     _, magnitude = perplexity_after(model, "weight", val_split, calibration)
     _, obs = perplexity_after(model, "weight:obs", val_split, calibration)
+    print(f"perplexity: dense {dense:.2f}, magnitude {magnitude:.2f}, obs {obs:.2f}")
     assert dense < obs < magnitude
 
 
