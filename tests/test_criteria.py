@@ -148,7 +148,7 @@ def test_every_criterion_prunes_exact_counts_on_the_cnn(criterion, structure):
         if structure == "weight":
             per_row = layer.weight.flatten(1).shape[1]
             zeros = int((layer.weight == 0).sum())
-            if criterion in ("obs", "obc"):  # each row loses round(k * fan_in)
+            if CRITERIA[criterion].solver_rounds is not None:  # each row loses round(k * fan_in)
                 assert zeros == layer.weight.shape[0] * round(0.5 * per_row)
             else:
                 assert zeros == round(0.5 * layer.weight.numel())

@@ -381,7 +381,7 @@ class Wrapped(nn.Module):
         return self.chain(x)
 
 
-@pytest.mark.parametrize("criterion", ["obs", "obc"])
+@pytest.mark.parametrize("criterion", ["obs", "obc", "obc-rounds"])
 def test_group_obs_chooses_and_refits_as_the_chains_obs_does(criterion):
     """An independent reference: the chain's unit OBS (tested against brute force in
     tests/test_obs.py) on the same layers removes the same units and re-fits the same

@@ -62,6 +62,8 @@ def renames(paths: RunPaths, config: StudyConfig) -> list[tuple[Path, Path]]:
             pairs.append((path, path.with_name(new + path.name[len(old) :])))
         for name in config.methods:
             method = PruneMethod.parse(name)
+            if method.revision:  # 0.1.0 ran another algorithm under this name
+                continue
             for k in config.ks:
                 old, new = cell_id_0_1_0(c, method, k), c.cell_id(method, k)
                 for where in (paths.cell, paths.cell_model, paths.cell_failure):

@@ -171,7 +171,8 @@ class StudyConfig:
         names = CELL_SETTINGS + (("calibration_size",) if method.needs_data else ())
         if self.schedule.name == "oneshot":  # the other schedules' settings change nothing
             names = tuple(name for name in names if name != "schedule")
-        return config_id("cell", self.base_id(), method, k, self.settings(names))
+        revision = (method.revision,) if method.revision else ()  # a changed algorithm
+        return config_id("cell", self.base_id(), method, k, self.settings(names), *revision)
 
     def per_seed(self) -> list[StudyConfig]:
         """One configuration per seed; each has its own base model and cells."""

@@ -25,6 +25,7 @@ from prunelab.prune.curvature import (
     input_norms,
 )
 from prunelab.prune.group_criteria import GroupContext, GroupScores, lamp_normalize
+from prunelab.prune.obc import ONE_AT_A_TIME
 from prunelab.tasks import TASKS, Task
 
 Scores = dict[str, torch.Tensor]
@@ -181,7 +182,9 @@ class Criterion:
 
     ``score`` ranks (lower goes first); a criterion that re-fits the kept weights
     layer by layer (``prunelab.prune.obs``) has none and says how many greedy
-    ``solver_rounds`` it takes. ``describe`` completes the report's "chosen ...".
+    ``solver_rounds`` it takes (``ONE_AT_A_TIME``: one removal per round, exactly).
+    ``describe`` completes the report's "chosen ...". ``revision`` counts changes of
+    the algorithm behind a name, so that stored results of an older one are not reused.
     """
 
     score: Callable[[ScoreContext], Scores] | None
@@ -190,6 +193,7 @@ class Criterion:
     reads_loss: bool = False  # the task's loss, not only the inputs
     solver_rounds: int | None = None
     on_groups: Callable[[GroupContext], GroupScores] | None = None  # units of any model
+    revision: int = 0
 
     def __call__(self, ctx: ScoreContext) -> Scores:
         return self.score(ctx)
@@ -215,6 +219,11 @@ CRITERIA: dict[str, Criterion] = {
     "obs": Criterion(None, "by Optimal Brain Surgeon, layer by layer: each removal also "
                      "updates the remaining weights to preserve the layer's outputs "
                      "(Hassibi and Stork 1993)", needs_data=True, solver_rounds=1),
-    "obc": Criterion(None, "by Optimal Brain Compression: OBS removals in several greedy "
-                     "rounds (Frantar and Alistarh 2022)", needs_data=True, solver_rounds=4),
+    "obc": Criterion(None, "by Optimal Brain Compression: exact greedy OBS, one weight (or "
+                     "unit) at a time, each removal correcting the kept weights and the "
+                     "inverse Hessian before the next choice (Frantar and Alistarh 2022)",
+                     needs_data=True, solver_rounds=ONE_AT_A_TIME, revision=1),
+    "obc-rounds": Criterion(None, "by greedy OBS in 4 rounds, each re-solving the kept "
+                            "weights and re-scoring (a faster approximation of obc)",
+                            needs_data=True, solver_rounds=4),
 }  # fmt: skip

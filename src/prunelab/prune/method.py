@@ -62,6 +62,11 @@ class PruneMethod:
         return CRITERIA[self.criterion].needs_data
 
     @property
+    def revision(self) -> int:
+        """Of the criterion's algorithm: results of an earlier one are not reused."""
+        return CRITERIA[self.criterion].revision
+
+    @property
     def solver_rounds(self) -> int | None:
         """Rounds of greedy layer-wise re-fitting, for the criteria that re-fit."""
         return CRITERIA[self.criterion].solver_rounds

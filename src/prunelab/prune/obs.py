@@ -8,9 +8,11 @@ row's kept set K is chosen, the best kept weights solve the least-squares
 problem exactly: w_K = (w_dense H)_K (H_KK)^-1.
 
 * ``obs``: one round: choose by the OBS score of the dense layer, solve once.
-* ``obc``: greedy OBS (Frantar and Alistarh, 2022, Optimal Brain Compression):
-  remove in several rounds, each followed by the exact solve, scoring with the
-  inverse Hessian of what is still kept, so later choices see earlier corrections.
+* ``obc-rounds``: greedy OBS in several rounds, each followed by the exact solve,
+  scoring with the inverse Hessian of what is still kept, so later choices see
+  earlier corrections.
+* ``obc``: the same with one removal per round (``ONE_AT_A_TIME``), exact Optimal
+  Brain Compression (Frantar and Alistarh, 2022), done by downdates (``obc.py``).
 
 Units: removing unit j of a layer zeroes column j of the next layer, a group
 removal in that layer's OBS problem; units are chosen by the group's OBS score
@@ -31,6 +33,7 @@ from prunelab.prune.allocate import count_to_remove
 from prunelab.prune.curvature import Batches, layer_input_hessian
 from prunelab.prune.masks import Masks
 from prunelab.prune.nm import NM
+from prunelab.prune.obc import ONE_AT_A_TIME, greedy_keep, greedy_units
 
 ROW_CHUNK = 128  # rows solved together: bounds the memory of the batched systems
 # The per-row systems are solved in float32: twice as fast as float64 on CPU, and
@@ -97,6 +100,9 @@ def obs_rows(
     Returns the corrected weights and the keep mask.
     """
     w_dense, h_inv = w, torch.linalg.inv(h)
+    if rounds == ONE_AT_A_TIME:
+        keep = greedy_keep(w, h_inv, remove, pattern, shape)
+        return solve_rows(w_dense, h, h_inv, keep, with_inverse=False)[0], keep
     keep = torch.ones_like(w, dtype=torch.bool)
     inv_diag = h_inv.diagonal().expand_as(w)
     per = pattern.m - pattern.n if pattern is not None else remove  # per group, or per row
@@ -139,6 +145,8 @@ def choose_units(w: torch.Tensor, h: torch.Tensor, groups, remove: int, rounds: 
     input columns is zeroed and the other columns re-fitted: the sum over rows of
     w_G [(H_KK)^-1]_GG^-1 w_G^T, with K the columns still kept.
     """
+    if rounds == ONE_AT_A_TIME:
+        return greedy_units(w, h, groups, remove)
     size = len(groups[0])
     kept_units = torch.arange(len(groups))
     removed: list[int] = []
