@@ -1,33 +1,14 @@
 import importlib.util
 import json
 
-import numpy as np
 import pytest
 import safetensors.torch
 import torch
 
 from prunelab import bitpack, export
-from prunelab.export import (
-    ExportError,
-    _decode_rows,
-    _encode_rows,
-    dense_bytes,
-    kmeans_1d,
-    load_sparse,
-    save_sparse,
-)
+from prunelab.export import ExportError, dense_bytes, load_sparse, save_sparse
 from prunelab.models import ModelConfig, build_model
 from prunelab.prune import PruneMethod, prune
-
-
-def test_rows_round_trip_including_gaps_over_255():
-    g = torch.Generator().manual_seed(0)
-    weight = torch.randn(5, 1000, generator=g) * (torch.rand(5, 1000, generator=g) < 0.01)
-    weight[2] = 0  # an empty row
-    weight[3, 999] = 1.5  # a gap of 1000 columns from the row start
-    values, gaps, counts = _encode_rows(weight)
-    assert gaps.dtype.name == "uint8"
-    torch.testing.assert_close(_decode_rows(values, gaps, counts, weight.shape), weight)
 
 
 @pytest.mark.parametrize("name", ["mlp", "lenet5"])
@@ -53,20 +34,6 @@ def test_sparse_float16_file_is_smaller_and_close(tmp_path):
     loaded, _ = load_sparse(tmp_path / "h.safetensors")
     x = torch.rand(8, 1, 28, 28)
     torch.testing.assert_close(loaded(x), model(x), atol=1e-2, rtol=1e-2)
-
-
-def test_kmeans_1d_reaches_a_lloyd_fixed_point():
-    values = np.random.default_rng(0).normal(size=2000)
-    centroids, assignment = kmeans_1d(values, 7)
-    # every value sits with its nearest centroid, and each centroid is its cluster's mean
-    nearest = np.abs(values[:, None] - centroids[None, :]).argmin(1)
-    assert np.array_equal(nearest, assignment)
-    for c, centroid in enumerate(centroids):
-        assert centroid == pytest.approx(values[assignment == c].mean(), abs=1e-5)
-    # Lloyd never does worse than its linear start
-    start = np.linspace(values.min(), values.max(), 7)
-    start_error = (np.abs(values[:, None] - start).min(1) ** 2).sum()
-    assert ((values - centroids[assignment]) ** 2).sum() < start_error
 
 
 def test_codebook_file_keeps_zeros_and_shares_values(tmp_path):

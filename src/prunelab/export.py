@@ -1,12 +1,12 @@
 """Sparse storage: keep only the non-zero weights of a pruned model, in safetensors.
 
-Each 2-D (or conv) weight is stored row by row in CSR form: the non-zero values
-(float32 or float16), the gap from each value's column to the previous one's as
-uint8 (a gap over 255 is bridged by explicit zero entries, as in Deep
-Compression), and the number of entries per row. Every other tensor is stored
-whole. The metadata holds the model's configuration, so ``load_sparse`` rebuilds
-an ordinary ``nn.Module``, and a SHA-256 of all tensors, so a damaged or edited
-file is refused rather than loaded with wrong weights.
+Each 2-D (or conv) weight is stored row by row in CSR form (``csr_format``): the
+non-zero values (float32 or float16), the gap from each value's column to the
+previous one's as uint8 (a gap over 255 is bridged by explicit zero entries, as
+in Deep Compression), and the number of entries per row. Every other tensor is
+stored whole. The metadata holds the model's configuration, so ``load_sparse``
+rebuilds an ordinary ``nn.Module``, and a SHA-256 of all tensors, so a damaged
+or edited file is refused rather than loaded with wrong weights.
 
 ``export_cell`` writes the model of one (method, k) of a finished study in one of
 ``EXPORT_FORMS`` and checks what it wrote.
@@ -15,9 +15,10 @@ A weight pruned N:M (a scope such as ``2:4``) is stored as its N values per grou
 and their bit-packed places (``nm_format``) instead of CSR.
 
 Optionally (``codebook_bits``) the values of each sparse weight are shared, as in
-Deep Compression: a 1-D k-means finds at most 2**bits - 1 centroids per layer,
-and each value is stored as a code of ``bits`` bits into that layer's codebook
-(code 0 is the exact zero of the gap fillers), bit-packed (``bitpack``).
+Deep Compression: a 1-D k-means finds at most 2**bits - 1 centroids per layer
+(``quantize``), and each value is stored as a code of ``bits`` bits into that
+layer's codebook (code 0 is the exact zero of the gap fillers), bit-packed
+(``bitpack``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
-from prunelab import bitpack, nm_format
+from prunelab import bitpack, csr_format, nm_format
 from prunelab.bases import load_study_data
 from prunelab.compact import CompactionError, compact
 from prunelab.config import from_dict, to_dict
@@ -48,98 +49,16 @@ from prunelab.options import check_choice
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod
 from prunelab.prune.nm import NM
+from prunelab.quantize import share_values
 from prunelab.storage import atomic_write_bytes, state_dict_bytes
 from prunelab.study_config import RunOptions, StudyConfig, open_run
 from prunelab.train import evaluate
 
 FORMAT = "prunelab-sparse-1"
-MAX_GAP = 255  # uint8
 
 
 class ExportError(ValueError):
     """A file is not a valid prunelab export."""
-
-
-def _encode_rows(weight: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CSR with uint8 column gaps; returns (values, gaps, entries per row)."""
-    matrix = weight.detach().cpu().float().flatten(1).numpy()
-    rows, columns = np.nonzero(matrix)  # row-major order
-    previous = np.full_like(columns, -1)
-    same_row = np.r_[False, rows[1:] == rows[:-1]]
-    previous[same_row] = columns[:-1][same_row[1:]]
-    gap = columns - previous
-    fillers = (gap - 1) // MAX_GAP  # stored zeros that bridge gaps over MAX_GAP
-    entry = np.repeat(np.arange(len(gap)), fillers + 1)
-    is_real = np.r_[entry[1:] != entry[:-1], True]  # the last of each group is the entry itself
-    gaps = np.where(is_real, gap[entry] - fillers[entry] * MAX_GAP, MAX_GAP)
-    values = np.where(is_real, matrix[rows[entry], columns[entry]], 0.0)
-    counts = np.bincount(rows[entry], minlength=matrix.shape[0])
-    return values.astype(np.float32), gaps.astype(np.uint8), counts.astype(np.int32)
-
-
-def kmeans_1d(
-    values: np.ndarray, clusters: int, iterations: int = 50
-) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's k-means on scalars, started from centroids spread linearly over the
-    values' range (Deep Compression found this start best for weights).
-
-    Returns (centroids, index of each value's centroid). Deterministic.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
-    centroids = np.linspace(values.min(), values.max(), clusters)
-    assignment = None
-    for _ in range(iterations):
-        order = np.argsort(centroids)
-        centroids = centroids[order]
-        # nearest centroid in 1-D: compare with the midpoints between sorted centroids
-        new = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
-        if assignment is not None and np.array_equal(new, assignment):
-            break
-        assignment = new
-        sums = np.bincount(assignment, weights=values, minlength=clusters)
-        sizes = np.bincount(assignment, minlength=clusters)
-        filled = sizes > 0
-        centroids[filled] = sums[filled] / sizes[filled]  # an empty cluster keeps its centroid
-    return centroids.astype(np.float32), assignment
-
-
-def _share_values(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """(codebook, uint8 codes) for one layer's stored values; fillers keep code 0 (zero)."""
-    real = values != 0
-    centroids, assignment = kmeans_1d(values[real], 2**bits - 1)
-    codes = np.zeros(len(values), dtype=np.uint8)
-    codes[real] = assignment + 1
-    return np.r_[np.float32(0), centroids], codes
-
-
-def _shared_values(tensors: dict, name: str, code_bits: str | None) -> torch.Tensor:
-    """A layer's stored values from its codebook and codes, packed at ``code_bits`` bits
-    (or, from files before packing, a byte each)."""
-    codebook, codes = tensors[f"{name}.codebook"].float(), tensors[f"{name}.codes"]
-    if code_bits:
-        count = len(tensors[f"{name}.gaps"])
-        codes = torch.from_numpy(bitpack.unpack(codes.numpy(), int(code_bits), count))
-    codes = codes.long()
-    if codes.numel() and int(codes.max()) >= len(codebook):
-        raise ValueError(f"a code of {name} falls outside its codebook")
-    return codebook[codes]
-
-
-def _decode_rows(values, gaps, counts, shape) -> torch.Tensor:
-    rows, width = shape[0], int(np.prod(shape[1:]))
-    matrix = np.zeros((rows, width), dtype=np.float32)
-    row_of_entry = np.repeat(np.arange(rows), counts)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    # column = running sum of gaps within the row, minus one (the first gap counts from -1)
-    cumulative = np.cumsum(gaps.astype(np.int64))
-    row_offset = np.repeat(cumulative[starts - 1] * (starts > 0), counts) if len(gaps) else 0
-    columns = cumulative - row_offset - 1
-    if len(gaps) and (columns.max() >= width or columns.min() < 0):
-        raise ExportError("sparse weight indices fall outside the weight's shape")
-    matrix[row_of_entry, columns] = values
-    return torch.from_numpy(matrix).view(shape)
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -148,6 +67,20 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(tensors[name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _store_weight(tensors: dict, name: str, param: torch.Tensor, dtype: torch.dtype,
+                  codebook_bits: int | None) -> None:  # fmt: skip
+    """Put one weight's CSR tensors into ``tensors``."""
+    values, gaps, counts = csr_format.encode(param)
+    if codebook_bits is None:
+        tensors[f"{name}.values"] = torch.from_numpy(values).to(dtype)
+    else:
+        codebook, codes = share_values(values, codebook_bits)
+        tensors[f"{name}.codebook"] = torch.from_numpy(codebook).to(dtype)
+        tensors[f"{name}.codes"] = torch.from_numpy(bitpack.pack(codes, codebook_bits))
+    tensors[f"{name}.gaps"] = torch.from_numpy(gaps)
+    tensors[f"{name}.counts"] = torch.from_numpy(counts)
 
 
 def save_sparse(
@@ -181,15 +114,7 @@ def save_sparse(
             tensors[f"{name}.nm_values"] = tensors[f"{name}.nm_values"].to(dtype)
             nm[name] = [list(param.shape), pattern.n, pattern.m]
         elif weight:
-            values, gaps, counts = _encode_rows(param)
-            if codebook_bits is None:
-                tensors[f"{name}.values"] = torch.from_numpy(values).to(dtype)
-            else:
-                codebook, codes = _share_values(values, codebook_bits)
-                tensors[f"{name}.codebook"] = torch.from_numpy(codebook).to(dtype)
-                tensors[f"{name}.codes"] = torch.from_numpy(bitpack.pack(codes, codebook_bits))
-            tensors[f"{name}.gaps"] = torch.from_numpy(gaps)
-            tensors[f"{name}.counts"] = torch.from_numpy(counts)
+            _store_weight(tensors, name, param, dtype, codebook_bits)
             layout[name] = list(param.shape)
         else:
             kept_type = dtype if param.is_floating_point() else param.dtype  # counters stay
@@ -206,6 +131,27 @@ def save_sparse(
     blob = save(tensors, metadata=metadata)
     atomic_write_bytes(path, blob)
     return len(blob)
+
+
+def _shared_values(codebook: torch.Tensor, codes: np.ndarray, name: str) -> torch.Tensor:
+    codes = torch.from_numpy(codes.astype(np.int64))
+    if codes.numel() and int(codes.max()) >= len(codebook):
+        raise ValueError(f"a code of {name} falls outside its codebook")
+    return codebook.float()[codes]
+
+
+def _load_weight(tensors: dict, name: str, shape: list[int], metadata: dict) -> torch.Tensor:
+    """One CSR weight back from its tensors, its values shared through a codebook or not
+    (codes packed at ``code_bits`` bits or, from files before packing, a byte each)."""
+    code_bits = int(metadata.get("code_bits") or 0) or None
+    gaps, counts = tensors[f"{name}.gaps"].numpy(), tensors[f"{name}.counts"].numpy()
+    if f"{name}.codebook" in tensors:
+        codes = tensors[f"{name}.codes"].numpy()
+        codes = bitpack.unpack(codes, code_bits, len(gaps)) if code_bits else codes
+        values = _shared_values(tensors[f"{name}.codebook"], codes, name)
+    else:
+        values = tensors[f"{name}.values"].float()
+    return csr_format.decode(values.numpy(), gaps, counts, shape)
 
 
 def load_sparse(
@@ -231,20 +177,11 @@ def load_sparse(
         raise ExportError(f"{path}: saved without a model config; pass into=<the model>")
     model = into if into is not None else build_model(config)
     state = {}
-    for name, shape in json.loads(metadata["sparse"]).items():
-        if f"{name}.codes" in tensors:
-            try:
-                values = _shared_values(tensors, name, metadata.get("code_bits"))
-            except ValueError as err:
-                raise ExportError(f"{path}: {err}") from err
-        else:
-            values = tensors[f"{name}.values"].float()
-        state[name] = _decode_rows(
-            values.numpy(),
-            tensors[f"{name}.gaps"].numpy(),
-            tensors[f"{name}.counts"].numpy(),
-            shape,
-        )
+    try:
+        for name, shape in json.loads(metadata["sparse"]).items():
+            state[name] = _load_weight(tensors, name, shape, metadata)
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
+        raise ExportError(f"{path}: its sparse weights cannot be read ({err})") from err
     try:
         for name, (shape, n, m) in json.loads(metadata.get("nm", "{}")).items():
             values, places = tensors[f"{name}.nm_values"], tensors[f"{name}.nm_places"]
