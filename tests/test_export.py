@@ -1,5 +1,7 @@
+import hashlib
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -96,6 +98,86 @@ def test_truncated_or_tampered_files_are_refused(tmp_path):
         load_sparse(tmp_path / "bad.safetensors")
     with pytest.raises(ExportError, match="not a readable"):
         load_sparse(tmp_path / "missing.safetensors")
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "sparse-0.2.0"
+
+
+# the SHA-256 of the state dict that 0.2.0 loaded from each file
+LOADED_BY_0_2_0 = {
+    "plain": "fd7fed167bdf793d322753fe25550d8680d3fac16616772665e4a783c1fe46fb",
+    "codebook": "aa2ca75a251fec878666889a2aaaa645dbcc4965ce614237baaefc204d344d72",
+}
+
+
+@pytest.mark.parametrize("name", LOADED_BY_0_2_0)
+def test_files_written_before_entropy_coding_load_as_they_did(name):
+    model, _ = load_sparse(FIXTURES / f"{name}.safetensors")
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.numpy().tobytes())
+    assert digest.hexdigest() == LOADED_BY_0_2_0[name]
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet5"])
+def test_huffman_file_rebuilds_the_same_model_and_is_smaller(tmp_path, name):
+    config = ModelConfig(name=name, hidden=(64, 32) if name == "mlp" else None)
+    model = build_model(config, seed=0)
+    prune(model, PruneMethod("weight"), 0.9)
+    for bits in (None, 4):
+        plain = save_sparse(model, config, tmp_path / "p.st", codebook_bits=bits)
+        coded = save_sparse(model, config, tmp_path / "h.st", codebook_bits=bits,
+                            entropy="huffman")  # fmt: skip
+        assert coded < plain
+        expected = model if bits is None else load_sparse(tmp_path / "p.st")[0]
+        loaded, loaded_config = load_sparse(tmp_path / "h.st")
+        assert loaded_config == config
+        for key, value in expected.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), (bits, key)
+
+
+def rewritten(path: Path, tensors: dict, metadata: dict) -> Path:
+    """The file with its checksum recomputed: damage that the checksum would not catch."""
+    metadata = {**metadata, "sha256": export._digest(tensors)}
+    path.write_bytes(safetensors.torch.save(tensors, metadata=metadata))
+    return path
+
+
+def test_a_damaged_huffman_file_is_refused(tmp_path):
+    config = ModelConfig(hidden=(64,))
+    model = build_model(config, seed=0)
+    prune(model, PruneMethod("weight"), 0.9)
+    save_sparse(model, config, tmp_path / "m.st", codebook_bits=4, entropy="huffman")
+    blob = (tmp_path / "m.st").read_bytes()
+    damaged = bytearray(blob)
+    damaged[-100] ^= 0x10  # in the last tensor's stream
+    (tmp_path / "flipped.st").write_bytes(bytes(damaged))
+    with pytest.raises(ExportError, match="checksum"):
+        load_sparse(tmp_path / "flipped.st")
+    header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])["__metadata__"]
+    entries = json.loads(header["entries"])
+    cut = {**safetensors.torch.load(blob)}
+    cut["1.weight.bits"] = cut["1.weight.bits"][:-20]
+    longer = {**safetensors.torch.load(blob)}
+    longer["1.weight.bits"] = torch.cat([longer["1.weight.bits"], torch.zeros(2).byte()])
+    overfull = {**safetensors.torch.load(blob)}
+    overfull["1.weight.lengths"] = torch.full_like(overfull["1.weight.lengths"], 0x11)
+    cases = [
+        (cut, header, "does not hold its"),
+        (longer, header, "longer than its"),
+        (overfull, header, "prefix code"),
+        ({**cut}, {**header, "entries": json.dumps({**entries, "1.weight": "x"})}, "'x' is not"),
+        (overfull, {**header, "entries": "{"}, "cannot be read"),
+        (cut, {**header, "entropy": "zstd"}, "unknown entropy coder 'zstd'"),
+    ]
+    for i, (tensors, metadata, message) in enumerate(cases):
+        with pytest.raises(ExportError, match=message):
+            load_sparse(rewritten(tmp_path / f"{i}.st", tensors, metadata))
+    with pytest.raises(ValueError, match="choose from huffman"):
+        save_sparse(model, config, tmp_path / "x.st", entropy="zstd")
+    with pytest.raises(ValueError, match="needs sparse storage"):
+        save_sparse(model, config, tmp_path / "x.st", sparse=False, entropy="huffman")
 
 
 @pytest.mark.skipif(

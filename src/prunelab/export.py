@@ -14,11 +14,14 @@ or edited file is refused rather than loaded with wrong weights.
 A weight pruned N:M (a scope such as ``2:4``) is stored as its N values per group
 and their bit-packed places (``nm_format``) instead of CSR.
 
-Optionally (``codebook_bits``) the values of each sparse weight are shared, as in
-Deep Compression: a 1-D k-means finds at most 2**bits - 1 centroids per layer
-(``quantize``), and each value is stored as a code of ``bits`` bits into that
-layer's codebook (code 0 is the exact zero of the gap fillers), bit-packed
-(``bitpack``).
+The stages of Deep Compression (Han, Mao and Dally 2016) after pruning, each
+optional: weight sharing (``codebook_bits``) stores each sparse weight's values
+as codes of ``bits`` bits into a per-layer codebook of at most 2**bits - 1
+centroids (``quantize``; code 0 is the exact zero of the gap fillers),
+bit-packed (``bitpack``); and entropy coding (``entropy="huffman"``) stores the
+gaps, over the flattened weight and without row counts, and the codes as
+canonical Huffman codes (``entropy_format``), named in the metadata with each
+layer's number of entries. Files written before a stage existed load as they did.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
-from prunelab import bitpack, csr_format, nm_format
+from prunelab import bitpack, csr_format, entropy_format, nm_format
 from prunelab.bases import load_study_data
 from prunelab.compact import CompactionError, compact
 from prunelab.config import from_dict, to_dict
+from prunelab.entropy_format import ENTROPY_CODERS
 from prunelab.factories import is_factory
 from prunelab.metrics import nonzero_parameters
 from prunelab.models import ModelConfig, build_model, is_chain
@@ -70,17 +74,25 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def _store_weight(tensors: dict, name: str, param: torch.Tensor, dtype: torch.dtype,
-                  codebook_bits: int | None) -> None:  # fmt: skip
-    """Put one weight's CSR tensors into ``tensors``."""
-    values, gaps, counts = csr_format.encode(param)
+                  codebook_bits: int | None, entropy: str | None) -> int:  # fmt: skip
+    """Put one weight's CSR tensors into ``tensors``; return its number of entries."""
+    # entropy coded, the gaps run over the flattened weight and no row counts are stored
+    values, gaps, counts = csr_format.encode(param if entropy is None else param.reshape(1, -1))
+    codes = None
     if codebook_bits is None:
         tensors[f"{name}.values"] = torch.from_numpy(values).to(dtype)
     else:
         codebook, codes = share_values(values, codebook_bits)
         tensors[f"{name}.codebook"] = torch.from_numpy(codebook).to(dtype)
+    if entropy is not None:
+        coded = entropy_format.encode(gaps, codes, codebook_bits)
+        tensors[f"{name}.lengths"], tensors[f"{name}.bits"] = coded
+        return len(gaps)
+    if codes is not None:
         tensors[f"{name}.codes"] = torch.from_numpy(bitpack.pack(codes, codebook_bits))
     tensors[f"{name}.gaps"] = torch.from_numpy(gaps)
     tensors[f"{name}.counts"] = torch.from_numpy(counts)
+    return len(gaps)
 
 
 def save_sparse(
@@ -91,6 +103,7 @@ def save_sparse(
     sparse: bool = True,
     codebook_bits: int | None = None,
     pattern: NM | None = None,
+    entropy: str | None = None,
 ) -> int:
     """Write ``model``'s state dict (every tensor, keyed as the model keys it) keeping
     only the non-zero weights; return bytes. ``config``, for a built-in model, lets
@@ -99,12 +112,18 @@ def save_sparse(
     With ``sparse=False`` every tensor is stored whole (for compacted models).
     With ``codebook_bits`` the sparse weights' values share a per-layer codebook.
     With an N:M ``pattern``, the weights that follow it are stored N:M (``nm_format``).
+    With ``entropy`` (one of ``ENTROPY_CODERS``) the CSR weights' gaps and codes are
+    entropy coded (``entropy_format``).
     """
     if dtype not in (torch.float32, torch.float16):
         raise ValueError(f"values are stored as float32 or float16, not {dtype}")
     if codebook_bits is not None and not (1 <= codebook_bits <= 8 and sparse):
         raise ValueError("a codebook needs sparse storage and 1 to 8 bits per value")
-    tensors, layout, nm = {}, {}, {}
+    if entropy is not None:
+        check_choice("entropy coder", entropy, ENTROPY_CODERS)
+        if not sparse:
+            raise ValueError("entropy coding needs sparse storage")
+    tensors, layout, nm, entries = {}, {}, {}, {}
     for name, param in model.state_dict().items():
         weight = sparse and name.endswith("weight") and param.dim() >= 2
         compress = weight and pattern is not None and codebook_bits is None
@@ -114,7 +133,7 @@ def save_sparse(
             tensors[f"{name}.nm_values"] = tensors[f"{name}.nm_values"].to(dtype)
             nm[name] = [list(param.shape), pattern.n, pattern.m]
         elif weight:
-            _store_weight(tensors, name, param, dtype, codebook_bits)
+            entries[name] = _store_weight(tensors, name, param, dtype, codebook_bits, entropy)
             layout[name] = list(param.shape)
         else:
             kept_type = dtype if param.is_floating_point() else param.dtype  # counters stay
@@ -128,6 +147,8 @@ def save_sparse(
         "code_bits": str(codebook_bits) if codebook_bits is not None else "",
         "sha256": _digest(tensors),
     }
+    if entropy is not None:  # files before entropy coding have neither key
+        metadata.update(entropy=entropy, entries=json.dumps(entries))
     blob = save(tensors, metadata=metadata)
     atomic_write_bytes(path, blob)
     return len(blob)
@@ -140,18 +161,30 @@ def _shared_values(codebook: torch.Tensor, codes: np.ndarray, name: str) -> torc
     return codebook.float()[codes]
 
 
-def _load_weight(tensors: dict, name: str, shape: list[int], metadata: dict) -> torch.Tensor:
-    """One CSR weight back from its tensors, its values shared through a codebook or not
-    (codes packed at ``code_bits`` bits or, from files before packing, a byte each)."""
+def _load_weight(
+    tensors: dict, name: str, shape: list[int], metadata: dict, entries: int | None
+) -> torch.Tensor:
+    """One CSR weight back from its tensors: entropy coded (``entries`` of them, over
+    the flattened weight) or not, its values shared through a codebook or not (codes
+    packed at ``code_bits`` bits or, from files before packing, a byte each)."""
     code_bits = int(metadata.get("code_bits") or 0) or None
-    gaps, counts = tensors[f"{name}.gaps"].numpy(), tensors[f"{name}.counts"].numpy()
-    if f"{name}.codebook" in tensors:
-        codes = tensors[f"{name}.codes"].numpy()
-        codes = bitpack.unpack(codes, code_bits, len(gaps)) if code_bits else codes
+    shared = f"{name}.codebook" in tensors
+    if metadata.get("entropy"):
+        check_choice("entropy coder", metadata["entropy"], ENTROPY_CODERS)
+        lengths, bits = tensors[f"{name}.lengths"], tensors[f"{name}.bits"]
+        gaps, codes = entropy_format.decode(lengths, bits, entries, code_bits if shared else None)
+        counts, rows = np.array([entries]), [1, int(np.prod(shape))]
+    else:
+        gaps, counts = tensors[f"{name}.gaps"].numpy(), tensors[f"{name}.counts"].numpy()
+        codes, rows = tensors.get(f"{name}.codes"), shape
+        if codes is not None:
+            codes = codes.numpy()
+            codes = bitpack.unpack(codes, code_bits, len(gaps)) if code_bits else codes
+    if shared:
         values = _shared_values(tensors[f"{name}.codebook"], codes, name)
     else:
         values = tensors[f"{name}.values"].float()
-    return csr_format.decode(values.numpy(), gaps, counts, shape)
+    return csr_format.decode(values.numpy(), gaps, counts, rows).view(shape)
 
 
 def load_sparse(
@@ -178,8 +211,9 @@ def load_sparse(
     model = into if into is not None else build_model(config)
     state = {}
     try:
+        entries = json.loads(metadata.get("entries", "{}"))
         for name, shape in json.loads(metadata["sparse"]).items():
-            state[name] = _load_weight(tensors, name, shape, metadata)
+            state[name] = _load_weight(tensors, name, shape, metadata, entries.get(name))
     except (KeyError, ValueError, TypeError, AttributeError) as err:
         raise ExportError(f"{path}: its sparse weights cannot be read ({err})") from err
     try:
@@ -188,7 +222,8 @@ def load_sparse(
             state[name] = nm_format.decode(values, places, shape, NM.parse(f"{n}:{m}"))
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as err:
         raise ExportError(f"{path}: its N:M weights cannot be read ({err})") from err
-    stored = (".values", ".gaps", ".counts", ".codebook", ".codes", ".nm_values", ".nm_places")
+    stored = (".values", ".gaps", ".counts", ".codebook", ".codes", ".lengths", ".bits",
+              ".nm_values", ".nm_places")  # fmt: skip
     for name, tensor in tensors.items():
         if not name.endswith(stored):
             state[name] = tensor.float() if tensor.is_floating_point() else tensor
@@ -295,6 +330,7 @@ def export_cell(
     *,
     dtype: torch.dtype = torch.float32,
     codebook_bits: int | None = None,
+    entropy: str | None = None,
     data_dir: Path | None = None,
 ) -> Exported:
     """Export the fine-tuned model of one (method, k) of a finished study.
@@ -303,11 +339,12 @@ def export_cell(
     and stores a smaller dense model; "onnx" writes the compacted model as ONNX
     (run by onnxruntime). The file is reloaded and evaluated on the test set, so
     the metric reported is that of what was written. ``codebook_bits`` shares
-    the sparse form's values through a per-layer k-means codebook.
+    the sparse form's values through a per-layer k-means codebook; ``entropy``
+    codes its gaps and codes (one of ``ENTROPY_CODERS``).
     """
     check_choice("format", form, EXPORT_FORMS)
-    if codebook_bits is not None and form != "sparse":
-        raise ValueError("a codebook applies to the sparse format only")
+    if (codebook_bits is not None or entropy is not None) and form != "sparse":
+        raise ValueError("a codebook or entropy coding applies to the sparse format only")
     paths, config = open_run(run_dir)
     model, model_config = load_sparse(_finished_cell(paths, config, method, k))
     data = load_study_data(config, RunOptions(data_dir=data_dir), torch.device("cpu"))
@@ -319,7 +356,7 @@ def export_cell(
         )
     if form == "sparse":
         size = save_sparse(model, model_config, out, dtype, codebook_bits=codebook_bits,
-                           pattern=PruneMethod.parse(method).pattern)  # fmt: skip
+                           pattern=PruneMethod.parse(method).pattern, entropy=entropy)  # fmt: skip
         written, _ = load_sparse(out)
         runner = written
     elif form == "compact":
