@@ -14,14 +14,16 @@ or edited file is refused rather than loaded with wrong weights.
 A weight pruned N:M (a scope such as ``2:4``) is stored as its N values per group
 and their bit-packed places (``nm_format``) instead of CSR.
 
-The stages of Deep Compression (Han, Mao and Dally 2016) after pruning, each
-optional: weight sharing (``codebook_bits``) stores each sparse weight's values
-as codes of ``bits`` bits into a per-layer codebook of at most 2**bits - 1
-centroids (``quantize``; code 0 is the exact zero of the gap fillers),
-bit-packed (``bitpack``); and entropy coding (``entropy="huffman"``) stores the
-gaps, over the flattened weight and without row counts, and the codes as
-canonical Huffman codes (``entropy_format``), named in the metadata with each
-layer's number of entries. Files written before a stage existed load as they did.
+The three stages of Deep Compression (Han, Mao and Dally 2016), each optional:
+pruning is the study's; weight sharing (``codebook_bits``) stores each sparse
+weight's values as codes of ``bits`` bits into a per-layer codebook of at most
+2**bits - 1 centroids (``quantize``; code 0 is the exact zero of the gap fillers),
+bit-packed (``bitpack``), the centroids optionally trained first
+(``quantize.train_codebooks``, ``export_cell(codebook_epochs=...)``); and entropy
+coding (``entropy="huffman"``) stores the gaps, over the flattened weight and
+without row counts, and the codes as canonical Huffman codes (``entropy_format``),
+named in the metadata with each layer's number of entries. Files written before
+a stage existed load as they did.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from prunelab.options import check_choice
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod
 from prunelab.prune.nm import NM
-from prunelab.quantize import share_values
+from prunelab.quantize import share_values, train_codebooks
 from prunelab.storage import atomic_write_bytes, state_dict_bytes
 from prunelab.study_config import RunOptions, StudyConfig, open_run
 from prunelab.train import evaluate
@@ -321,6 +323,17 @@ def _finished_cell(paths: RunPaths, config: StudyConfig, method: str, k: float) 
     return model_path
 
 
+def _check_options(
+    form: str, codebook_bits: int | None, codebook_epochs: int, entropy: str | None
+) -> None:
+    check_choice("format", form, EXPORT_FORMS)
+    if (codebook_bits is not None or entropy is not None) and form != "sparse":
+        raise ValueError("a codebook or entropy coding applies to the sparse format only")
+    if codebook_epochs < 0 or (codebook_epochs and codebook_bits is None):
+        raise ValueError(f"training a codebook for {codebook_epochs} epochs needs a codebook "
+                         "(its bits) and epochs >= 0")  # fmt: skip
+
+
 def export_cell(
     run_dir: str | Path,
     method: str,
@@ -330,6 +343,7 @@ def export_cell(
     *,
     dtype: torch.dtype = torch.float32,
     codebook_bits: int | None = None,
+    codebook_epochs: int = 0,
     entropy: str | None = None,
     data_dir: Path | None = None,
 ) -> Exported:
@@ -339,12 +353,12 @@ def export_cell(
     and stores a smaller dense model; "onnx" writes the compacted model as ONNX
     (run by onnxruntime). The file is reloaded and evaluated on the test set, so
     the metric reported is that of what was written. ``codebook_bits`` shares
-    the sparse form's values through a per-layer k-means codebook; ``entropy``
-    codes its gaps and codes (one of ``ENTROPY_CODERS``).
+    the sparse form's values through a per-layer k-means codebook, whose centroids
+    are first trained for ``codebook_epochs`` epochs (``quantize.train_codebooks``,
+    on the study's data with its fine-tuning settings); ``entropy`` codes its gaps
+    and codes (one of ``ENTROPY_CODERS``).
     """
-    check_choice("format", form, EXPORT_FORMS)
-    if (codebook_bits is not None or entropy is not None) and form != "sparse":
-        raise ValueError("a codebook or entropy coding applies to the sparse format only")
+    _check_options(form, codebook_bits, codebook_epochs, entropy)
     paths, config = open_run(run_dir)
     model, model_config = load_sparse(_finished_cell(paths, config, method, k))
     data = load_study_data(config, RunOptions(data_dir=data_dir), torch.device("cpu"))
@@ -355,6 +369,10 @@ def export_cell(
             "describe; export it as sparse (loaded into the model) or as onnx"
         )
     if form == "sparse":
+        if codebook_epochs:
+            tuning = replace(config.finetune, epochs=codebook_epochs)
+            train_codebooks(model, codebook_bits, data.train, data.val, tuning,
+                            seed=config.seed, task=data.task)  # fmt: skip
         size = save_sparse(model, model_config, out, dtype, codebook_bits=codebook_bits,
                            pattern=PruneMethod.parse(method).pattern, entropy=entropy)  # fmt: skip
         written, _ = load_sparse(out)
