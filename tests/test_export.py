@@ -156,20 +156,27 @@ def test_a_damaged_huffman_file_is_refused(tmp_path):
     with pytest.raises(ExportError, match="checksum"):
         load_sparse(tmp_path / "flipped.st")
     header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])["__metadata__"]
-    entries = json.loads(header["entries"])
-    cut = {**safetensors.torch.load(blob)}
-    cut["1.weight.bits"] = cut["1.weight.bits"][:-20]
-    longer = {**safetensors.torch.load(blob)}
-    longer["1.weight.bits"] = torch.cat([longer["1.weight.bits"], torch.zeros(2).byte()])
-    overfull = {**safetensors.torch.load(blob)}
-    overfull["1.weight.lengths"] = torch.full_like(overfull["1.weight.lengths"], 0x11)
+    coded = json.loads(header["coded"])
+    entries, gap_symbols = coded["1.weight"]
+    stored = safetensors.torch.load(blob)["1.weight.huffman"]
+    table = -(-(16 + gap_symbols) // 2)  # 4 bits for each code's length and each gap's
+
+    def damaged(data: torch.Tensor) -> dict:
+        return {**safetensors.torch.load(blob), "1.weight.huffman": data}
+
+    def layout(value) -> dict:
+        return {**header, "coded": json.dumps({**coded, "1.weight": value})}
+
+    overfull = torch.cat([torch.full((table,), 0x11, dtype=torch.uint8), stored[table:]])
     cases = [
-        (cut, header, "does not hold its"),
-        (longer, header, "longer than its"),
-        (overfull, header, "prefix code"),
-        ({**cut}, {**header, "entries": json.dumps({**entries, "1.weight": "x"})}, "'x' is not"),
-        (overfull, {**header, "entries": "{"}, "cannot be read"),
-        (cut, {**header, "entropy": "zstd"}, "unknown entropy coder 'zstd'"),
+        (damaged(stored[:-20]), header, "does not hold its"),
+        (damaged(torch.cat([stored, torch.zeros(2).byte()])), header, "longer than its"),
+        (damaged(overfull), header, "prefix code"),
+        (damaged(stored), layout([entries + 50, gap_symbols]), "does not hold its"),
+        (damaged(stored), layout([entries, 10**6]), "cannot hold"),
+        (damaged(stored), layout("x"), "'x' is not"),
+        (damaged(stored), {**header, "coded": "{"}, "cannot be read"),
+        (damaged(stored), {**header, "entropy": "zstd"}, "unknown entropy coder 'zstd'"),
     ]
     for i, (tensors, metadata, message) in enumerate(cases):
         with pytest.raises(ExportError, match=message):

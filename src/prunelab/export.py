@@ -22,8 +22,8 @@ bit-packed (``bitpack``), the centroids optionally trained first
 (``quantize.train_codebooks``, ``export_cell(codebook_epochs=...)``); and entropy
 coding (``entropy="huffman"``) stores the gaps, over the flattened weight and
 without row counts, and the codes as canonical Huffman codes (``entropy_format``),
-named in the metadata with each layer's number of entries. Files written before
-a stage existed load as they did.
+the coder and each layer's layout named in the metadata. Files written before a
+stage existed load as they did.
 """
 
 from __future__ import annotations
@@ -76,8 +76,9 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def _store_weight(tensors: dict, name: str, param: torch.Tensor, dtype: torch.dtype,
-                  codebook_bits: int | None, entropy: str | None) -> int:  # fmt: skip
-    """Put one weight's CSR tensors into ``tensors``; return its number of entries."""
+                  codebook_bits: int | None, entropy: str | None) -> list[int] | None:  # fmt: skip
+    """Put one weight's CSR tensors into ``tensors``; return the layout of its entropy
+    coding (``entropy_format``), if any."""
     # entropy coded, the gaps run over the flattened weight and no row counts are stored
     values, gaps, counts = csr_format.encode(param if entropy is None else param.reshape(1, -1))
     codes = None
@@ -87,14 +88,13 @@ def _store_weight(tensors: dict, name: str, param: torch.Tensor, dtype: torch.dt
         codebook, codes = share_values(values, codebook_bits)
         tensors[f"{name}.codebook"] = torch.from_numpy(codebook).to(dtype)
     if entropy is not None:
-        coded = entropy_format.encode(gaps, codes, codebook_bits)
-        tensors[f"{name}.lengths"], tensors[f"{name}.bits"] = coded
-        return len(gaps)
+        tensors[f"{name}.huffman"], layout = entropy_format.encode(gaps, codes, codebook_bits)
+        return layout
     if codes is not None:
         tensors[f"{name}.codes"] = torch.from_numpy(bitpack.pack(codes, codebook_bits))
     tensors[f"{name}.gaps"] = torch.from_numpy(gaps)
     tensors[f"{name}.counts"] = torch.from_numpy(counts)
-    return len(gaps)
+    return None
 
 
 def save_sparse(
@@ -125,7 +125,7 @@ def save_sparse(
         check_choice("entropy coder", entropy, ENTROPY_CODERS)
         if not sparse:
             raise ValueError("entropy coding needs sparse storage")
-    tensors, layout, nm, entries = {}, {}, {}, {}
+    tensors, layout, nm, coded = {}, {}, {}, {}
     for name, param in model.state_dict().items():
         weight = sparse and name.endswith("weight") and param.dim() >= 2
         compress = weight and pattern is not None and codebook_bits is None
@@ -135,7 +135,7 @@ def save_sparse(
             tensors[f"{name}.nm_values"] = tensors[f"{name}.nm_values"].to(dtype)
             nm[name] = [list(param.shape), pattern.n, pattern.m]
         elif weight:
-            entries[name] = _store_weight(tensors, name, param, dtype, codebook_bits, entropy)
+            coded[name] = _store_weight(tensors, name, param, dtype, codebook_bits, entropy)
             layout[name] = list(param.shape)
         else:
             kept_type = dtype if param.is_floating_point() else param.dtype  # counters stay
@@ -150,7 +150,7 @@ def save_sparse(
         "sha256": _digest(tensors),
     }
     if entropy is not None:  # files before entropy coding have neither key
-        metadata.update(entropy=entropy, entries=json.dumps(entries))
+        metadata.update(entropy=entropy, coded=json.dumps(coded))
     blob = save(tensors, metadata=metadata)
     atomic_write_bytes(path, blob)
     return len(blob)
@@ -164,18 +164,18 @@ def _shared_values(codebook: torch.Tensor, codes: np.ndarray, name: str) -> torc
 
 
 def _load_weight(
-    tensors: dict, name: str, shape: list[int], metadata: dict, entries: int | None
+    tensors: dict, name: str, shape: list[int], metadata: dict, coded: list[int] | None
 ) -> torch.Tensor:
-    """One CSR weight back from its tensors: entropy coded (``entries`` of them, over
-    the flattened weight) or not, its values shared through a codebook or not (codes
+    """One CSR weight back from its tensors: entropy coded (``coded``: its layout, of
+    entries over the flattened weight) or not, its values shared through a codebook or not (codes
     packed at ``code_bits`` bits or, from files before packing, a byte each)."""
     code_bits = int(metadata.get("code_bits") or 0) or None
     shared = f"{name}.codebook" in tensors
     if metadata.get("entropy"):
         check_choice("entropy coder", metadata["entropy"], ENTROPY_CODERS)
-        lengths, bits = tensors[f"{name}.lengths"], tensors[f"{name}.bits"]
-        gaps, codes = entropy_format.decode(lengths, bits, entries, code_bits if shared else None)
-        counts, rows = np.array([entries]), [1, int(np.prod(shape))]
+        gaps, codes = entropy_format.decode(tensors[f"{name}.huffman"], coded,
+                                            code_bits if shared else None)  # fmt: skip
+        counts, rows = np.array([len(gaps)]), [1, int(np.prod(shape))]
     else:
         gaps, counts = tensors[f"{name}.gaps"].numpy(), tensors[f"{name}.counts"].numpy()
         codes, rows = tensors.get(f"{name}.codes"), shape
@@ -213,9 +213,9 @@ def load_sparse(
     model = into if into is not None else build_model(config)
     state = {}
     try:
-        entries = json.loads(metadata.get("entries", "{}"))
+        coded = json.loads(metadata.get("coded", "{}"))
         for name, shape in json.loads(metadata["sparse"]).items():
-            state[name] = _load_weight(tensors, name, shape, metadata, entries.get(name))
+            state[name] = _load_weight(tensors, name, shape, metadata, coded.get(name))
     except (KeyError, ValueError, TypeError, AttributeError) as err:
         raise ExportError(f"{path}: its sparse weights cannot be read ({err})") from err
     try:
@@ -224,8 +224,8 @@ def load_sparse(
             state[name] = nm_format.decode(values, places, shape, NM.parse(f"{n}:{m}"))
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as err:
         raise ExportError(f"{path}: its N:M weights cannot be read ({err})") from err
-    stored = (".values", ".gaps", ".counts", ".codebook", ".codes", ".lengths", ".bits",
-              ".nm_values", ".nm_places")  # fmt: skip
+    stored = (".values", ".gaps", ".counts", ".codebook", ".codes", ".huffman", ".nm_values",
+              ".nm_places")  # fmt: skip
     for name, tensor in tensors.items():
         if not name.endswith(stored):
             state[name] = tensor.float() if tensor.is_floating_point() else tensor
