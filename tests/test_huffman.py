@@ -91,6 +91,8 @@ def test_damaged_streams_and_tables_are_refused():
         huffman.decode(packed[: len(packed) // 2], lengths, len(symbols))
     with pytest.raises(ValueError, match="does not hold its"):
         huffman.decode(packed, lengths, len(symbols) + 100)
+    with pytest.raises(ValueError, match="does not hold its"):  # and allocates nothing for it
+        huffman.decode(packed, lengths, 10**15)
     overfull = lengths.copy()
     overfull[overfull > 0] = 1
     with pytest.raises(ValueError, match="prefix code"):

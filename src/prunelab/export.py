@@ -167,8 +167,8 @@ def _load_weight(
     tensors: dict, name: str, shape: list[int], metadata: dict, coded: list[int] | None
 ) -> torch.Tensor:
     """One CSR weight back from its tensors: entropy coded (``coded``: its layout, of
-    entries over the flattened weight) or not, its values shared through a codebook or not (codes
-    packed at ``code_bits`` bits or, from files before packing, a byte each)."""
+    entries over the flattened weight) or not, its values shared through a codebook or
+    not (codes packed at ``code_bits`` bits or, from files before packing, a byte each)."""
     code_bits = int(metadata.get("code_bits") or 0) or None
     shared = f"{name}.codebook" in tensors
     if metadata.get("entropy"):
@@ -330,7 +330,7 @@ def _check_options(
     if (codebook_bits is not None or entropy is not None) and form != "sparse":
         raise ValueError("a codebook or entropy coding applies to the sparse format only")
     if codebook_epochs < 0 or (codebook_epochs and codebook_bits is None):
-        raise ValueError(f"training a codebook for {codebook_epochs} epochs needs a codebook "
+        raise ValueError(f"training the codebook ({codebook_epochs} epochs) needs a codebook "
                          "(its bits) and epochs >= 0")  # fmt: skip
 
 

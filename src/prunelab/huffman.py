@@ -91,6 +91,8 @@ def decode(
     symbols, the bit after the last one). A ValueError where the bits do not hold them."""
     if count == 0:
         return np.zeros(0, dtype=np.intp), start
+    if count > len(packed) * 8 - start:  # every code takes a bit at least
+        raise ValueError(f"the Huffman stream does not hold its {count} symbols")
     order, span, top = _canonical(lengths)
     unused = np.zeros(2**top - span.sum(), dtype=np.int64)  # no code begins so: length 0
     table_symbol = np.r_[np.repeat(order, span), unused]
