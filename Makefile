@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python benchmarks/inference.py
 	$(BIN)/python benchmarks/recipes.py
 	$(BIN)/python benchmarks/criteria.py
+	$(BIN)/python benchmarks/huffman.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from .conftest import run
 
@@ -51,16 +52,28 @@ def test_export_writes_a_file_that_reproduces_the_test_accuracy(
     assert abs(reported - float(row["test_metric"])) < 1e-4
 
 
-def test_export_with_a_codebook_is_smaller(tiny_run, tiny_data_dir, tmp_path):
+def test_export_with_a_codebook_is_smaller_and_deep_compression_smaller_still(
+    tiny_run, tiny_data_dir, tmp_path
+):
+    from prunelab.export import load_sparse
+
     out, _ = tiny_run
     sizes = {}
-    for name, extra in (("plain", []), ("shared", ["--codebook", "4"])):
+    deep = ["--codebook", "4", "--codebook-epochs", "1", "--entropy", "huffman"]
+    for name, extra in (("plain", []), ("shared", ["--codebook", "4"]), ("deep", deep)):
         target = tmp_path / f"{name}.safetensors"
         result = run("export", str(out), "--method", "weight", "--k", "0.5", "-o", str(target),
                      "--data-dir", str(tiny_data_dir), *extra)  # fmt: skip
         assert result.returncode == 0, result.stderr
         sizes[name] = target.stat().st_size
     assert sizes["shared"] < sizes["plain"]
+    # Huffman: the gaps of a half-pruned layer take about 2 bits, not a byte
+    assert sizes["deep"] < 0.7 * sizes["shared"]
+    shared, deep = (load_sparse(tmp_path / f"{n}.safetensors")[0] for n in ("shared", "deep"))
+    for name, value in deep.state_dict().items():
+        if value.dim() == 2:  # the same weights kept, their shared values trained
+            assert torch.equal(value != 0, shared.state_dict()[name] != 0)
+            assert not torch.equal(value, shared.state_dict()[name])
 
 
 @pytest.mark.parametrize(
@@ -73,6 +86,11 @@ def test_export_with_a_codebook_is_smaller(tiny_run, tiny_data_dir, tmp_path):
             "sparse format only",
         ),
         (["--method", "weight", "--k", "0.5", "--codebook", "12"], "1 to 8 bits"),
+        (["--method", "weight", "--k", "0.5", "--codebook-epochs", "1"], "needs a codebook"),
+        (
+            ["--method", "unit", "--k", "0.5", "--format", "compact", "--entropy", "huffman"],
+            "sparse format only",
+        ),
     ],
 )
 def test_export_of_something_not_in_the_run_is_a_clear_error(tiny_run, tmp_path, args, message):

@@ -1,33 +1,16 @@
+import hashlib
 import importlib.util
 import json
+from pathlib import Path
 
-import numpy as np
 import pytest
 import safetensors.torch
 import torch
 
 from prunelab import bitpack, export
-from prunelab.export import (
-    ExportError,
-    _decode_rows,
-    _encode_rows,
-    dense_bytes,
-    kmeans_1d,
-    load_sparse,
-    save_sparse,
-)
+from prunelab.export import ExportError, dense_bytes, load_sparse, save_sparse
 from prunelab.models import ModelConfig, build_model
 from prunelab.prune import PruneMethod, prune
-
-
-def test_rows_round_trip_including_gaps_over_255():
-    g = torch.Generator().manual_seed(0)
-    weight = torch.randn(5, 1000, generator=g) * (torch.rand(5, 1000, generator=g) < 0.01)
-    weight[2] = 0  # an empty row
-    weight[3, 999] = 1.5  # a gap of 1000 columns from the row start
-    values, gaps, counts = _encode_rows(weight)
-    assert gaps.dtype.name == "uint8"
-    torch.testing.assert_close(_decode_rows(values, gaps, counts, weight.shape), weight)
 
 
 @pytest.mark.parametrize("name", ["mlp", "lenet5"])
@@ -53,20 +36,6 @@ def test_sparse_float16_file_is_smaller_and_close(tmp_path):
     loaded, _ = load_sparse(tmp_path / "h.safetensors")
     x = torch.rand(8, 1, 28, 28)
     torch.testing.assert_close(loaded(x), model(x), atol=1e-2, rtol=1e-2)
-
-
-def test_kmeans_1d_reaches_a_lloyd_fixed_point():
-    values = np.random.default_rng(0).normal(size=2000)
-    centroids, assignment = kmeans_1d(values, 7)
-    # every value sits with its nearest centroid, and each centroid is its cluster's mean
-    nearest = np.abs(values[:, None] - centroids[None, :]).argmin(1)
-    assert np.array_equal(nearest, assignment)
-    for c, centroid in enumerate(centroids):
-        assert centroid == pytest.approx(values[assignment == c].mean(), abs=1e-5)
-    # Lloyd never does worse than its linear start
-    start = np.linspace(values.min(), values.max(), 7)
-    start_error = (np.abs(values[:, None] - start).min(1) ** 2).sum()
-    assert ((values - centroids[assignment]) ** 2).sum() < start_error
 
 
 def test_codebook_file_keeps_zeros_and_shares_values(tmp_path):
@@ -129,6 +98,93 @@ def test_truncated_or_tampered_files_are_refused(tmp_path):
         load_sparse(tmp_path / "bad.safetensors")
     with pytest.raises(ExportError, match="not a readable"):
         load_sparse(tmp_path / "missing.safetensors")
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "sparse-0.2.0"
+
+
+# the SHA-256 of the state dict that 0.2.0 loaded from each file
+LOADED_BY_0_2_0 = {
+    "plain": "fd7fed167bdf793d322753fe25550d8680d3fac16616772665e4a783c1fe46fb",
+    "codebook": "aa2ca75a251fec878666889a2aaaa645dbcc4965ce614237baaefc204d344d72",
+}
+
+
+@pytest.mark.parametrize("name", LOADED_BY_0_2_0)
+def test_files_written_before_entropy_coding_load_as_they_did(name):
+    model, _ = load_sparse(FIXTURES / f"{name}.safetensors")
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.numpy().tobytes())
+    assert digest.hexdigest() == LOADED_BY_0_2_0[name]
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet5"])
+def test_huffman_file_rebuilds_the_same_model_and_is_smaller(tmp_path, name):
+    config = ModelConfig(name=name, hidden=(64, 32) if name == "mlp" else None)
+    model = build_model(config, seed=0)
+    prune(model, PruneMethod("weight"), 0.9)
+    for bits in (None, 4):
+        plain = save_sparse(model, config, tmp_path / "p.st", codebook_bits=bits)
+        coded = save_sparse(model, config, tmp_path / "h.st", codebook_bits=bits,
+                            entropy="huffman")  # fmt: skip
+        assert coded < plain
+        expected = model if bits is None else load_sparse(tmp_path / "p.st")[0]
+        loaded, loaded_config = load_sparse(tmp_path / "h.st")
+        assert loaded_config == config
+        for key, value in expected.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), (bits, key)
+
+
+def rewritten(path: Path, tensors: dict, metadata: dict) -> Path:
+    """The file with its checksum recomputed: damage that the checksum would not catch."""
+    metadata = {**metadata, "sha256": export._digest(tensors)}
+    path.write_bytes(safetensors.torch.save(tensors, metadata=metadata))
+    return path
+
+
+def test_a_damaged_huffman_file_is_refused(tmp_path):
+    config = ModelConfig(hidden=(64,))
+    model = build_model(config, seed=0)
+    prune(model, PruneMethod("weight"), 0.9)
+    save_sparse(model, config, tmp_path / "m.st", codebook_bits=4, entropy="huffman")
+    blob = (tmp_path / "m.st").read_bytes()
+    damaged = bytearray(blob)
+    damaged[-100] ^= 0x10  # in the last tensor's stream
+    (tmp_path / "flipped.st").write_bytes(bytes(damaged))
+    with pytest.raises(ExportError, match="checksum"):
+        load_sparse(tmp_path / "flipped.st")
+    header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])["__metadata__"]
+    coded = json.loads(header["coded"])
+    entries, gap_symbols = coded["1.weight"]
+    stored = safetensors.torch.load(blob)["1.weight.huffman"]
+    table = -(-(16 + gap_symbols) // 2)  # 4 bits for each code's length and each gap's
+
+    def damaged(data: torch.Tensor) -> dict:
+        return {**safetensors.torch.load(blob), "1.weight.huffman": data}
+
+    def layout(value) -> dict:
+        return {**header, "coded": json.dumps({**coded, "1.weight": value})}
+
+    overfull = torch.cat([torch.full((table,), 0x11, dtype=torch.uint8), stored[table:]])
+    cases = [
+        (damaged(stored[:-20]), header, "does not hold its"),
+        (damaged(torch.cat([stored, torch.zeros(2).byte()])), header, "longer than its"),
+        (damaged(overfull), header, "prefix code"),
+        (damaged(stored), layout([entries + 50, gap_symbols]), "does not hold its"),
+        (damaged(stored), layout([entries, 10**6]), "cannot hold"),
+        (damaged(stored), layout("x"), "'x' is not"),
+        (damaged(stored), {**header, "coded": "{"}, "cannot be read"),
+        (damaged(stored), {**header, "entropy": "zstd"}, "unknown entropy coder 'zstd'"),
+    ]
+    for i, (tensors, metadata, message) in enumerate(cases):
+        with pytest.raises(ExportError, match=message):
+            load_sparse(rewritten(tmp_path / f"{i}.st", tensors, metadata))
+    with pytest.raises(ValueError, match="choose from huffman"):
+        save_sparse(model, config, tmp_path / "x.st", entropy="zstd")
+    with pytest.raises(ValueError, match="needs sparse storage"):
+        save_sparse(model, config, tmp_path / "x.st", sparse=False, entropy="huffman")
 
 
 @pytest.mark.skipif(

@@ -17,7 +17,7 @@ import torch
 from prunelab import __version__
 from prunelab.budget import answers_table, budget_settings, budget_study, budget_values
 from prunelab.data import DataError
-from prunelab.export import EXPORT_FORMS, export_cell
+from prunelab.export import ENTROPY_CODERS, EXPORT_FORMS, export_cell
 from prunelab.options import Setting
 from prunelab.report import write_report
 from prunelab.results import summary_table
@@ -129,13 +129,16 @@ def export(args: argparse.Namespace) -> int:
     Export the fine-tuned model of one method and k of a finished study: 'sparse' keeps
     only non-zero weights (CSR, uint8 column gaps, safetensors); 'compact' removes
     pruned units and stores a smaller dense model; 'onnx' writes the compacted model as
-    ONNX (needs prunelab[onnx]). The file is reloaded and its size, parameter count and
-    test metric (classification: accuracy) printed.
+    ONNX (needs prunelab[onnx]). With --codebook, --codebook-epochs and --entropy the
+    sparse form goes through Deep Compression's weight sharing, trained quantization
+    and Huffman coding. The file is reloaded and its size, parameter count and test
+    metric (classification: accuracy) printed.
     """
     dtype = torch.float16 if args.dtype == "float16" else torch.float32
     result = export_cell(
         args.run_dir, args.method, args.k, args.form, args.output, dtype=dtype,
-        codebook_bits=args.codebook, data_dir=args.data_dir,
+        codebook_bits=args.codebook, codebook_epochs=args.codebook_epochs,
+        entropy=args.entropy, data_dir=args.data_dir,
     )  # fmt: skip
     print(f"{result.path}: {result.bytes:,} bytes, {result.params:,} non-zero parameters, "
           f"test {result.metric} {result.test_metric:.4f}")  # fmt: skip
@@ -153,6 +156,12 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codebook", type=int, metavar="BITS",
                    help="sparse only: share each layer's values through a k-means codebook "
                         "of 2**BITS - 1 values (1 to 8), as in Deep Compression")  # fmt: skip
+    p.add_argument("--codebook-epochs", type=int, default=0, metavar="N",
+                   help="with --codebook: first train the centroids for N epochs on the "
+                        "study's data, with its fine-tuning settings (default: 0)")  # fmt: skip
+    p.add_argument("--entropy", choices=ENTROPY_CODERS,
+                   help="sparse only: Huffman code the column gaps and the codebook's codes "
+                        "(default: none)")  # fmt: skip
     p.add_argument("-o", "--output", type=Path, required=True, help="file to write")
     p.add_argument("--data-dir", type=Path, help="folder of the dataset's IDX files")
 

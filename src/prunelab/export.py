@@ -1,12 +1,12 @@
 """Sparse storage: keep only the non-zero weights of a pruned model, in safetensors.
 
-Each 2-D (or conv) weight is stored row by row in CSR form: the non-zero values
-(float32 or float16), the gap from each value's column to the previous one's as
-uint8 (a gap over 255 is bridged by explicit zero entries, as in Deep
-Compression), and the number of entries per row. Every other tensor is stored
-whole. The metadata holds the model's configuration, so ``load_sparse`` rebuilds
-an ordinary ``nn.Module``, and a SHA-256 of all tensors, so a damaged or edited
-file is refused rather than loaded with wrong weights.
+Each 2-D (or conv) weight is stored row by row in CSR form (``csr_format``): the
+non-zero values (float32 or float16), the gap from each value's column to the
+previous one's as uint8 (a gap over 255 is bridged by explicit zero entries, as
+in Deep Compression), and the number of entries per row. Every other tensor is
+stored whole. The metadata holds the model's configuration, so ``load_sparse``
+rebuilds an ordinary ``nn.Module``, and a SHA-256 of all tensors, so a damaged
+or edited file is refused rather than loaded with wrong weights.
 
 ``export_cell`` writes the model of one (method, k) of a finished study in one of
 ``EXPORT_FORMS`` and checks what it wrote.
@@ -14,10 +14,16 @@ file is refused rather than loaded with wrong weights.
 A weight pruned N:M (a scope such as ``2:4``) is stored as its N values per group
 and their bit-packed places (``nm_format``) instead of CSR.
 
-Optionally (``codebook_bits``) the values of each sparse weight are shared, as in
-Deep Compression: a 1-D k-means finds at most 2**bits - 1 centroids per layer,
-and each value is stored as a code of ``bits`` bits into that layer's codebook
-(code 0 is the exact zero of the gap fillers), bit-packed (``bitpack``).
+The three stages of Deep Compression (Han, Mao and Dally 2016), each optional:
+pruning is the study's; weight sharing (``codebook_bits``) stores each sparse
+weight's values as codes of ``bits`` bits into a per-layer codebook of at most
+2**bits - 1 centroids (``quantize``; code 0 is the exact zero of the gap fillers),
+bit-packed (``bitpack``), the centroids optionally trained first
+(``quantize.train_codebooks``, ``export_cell(codebook_epochs=...)``); and entropy
+coding (``entropy="huffman"``) stores the gaps, over the flattened weight and
+without row counts, and the codes as canonical Huffman codes (``entropy_format``),
+the coder and each layer's layout named in the metadata. Files written before a
+stage existed load as they did.
 """
 
 from __future__ import annotations
@@ -37,10 +43,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
-from prunelab import bitpack, nm_format
+from prunelab import bitpack, csr_format, entropy_format, nm_format
 from prunelab.bases import load_study_data
 from prunelab.compact import CompactionError, compact
 from prunelab.config import from_dict, to_dict
+from prunelab.entropy_format import ENTROPY_CODERS
 from prunelab.factories import is_factory
 from prunelab.metrics import nonzero_parameters
 from prunelab.models import ModelConfig, build_model, is_chain
@@ -48,98 +55,16 @@ from prunelab.options import check_choice
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod
 from prunelab.prune.nm import NM
+from prunelab.quantize import share_values, train_codebooks
 from prunelab.storage import atomic_write_bytes, state_dict_bytes
 from prunelab.study_config import RunOptions, StudyConfig, open_run
 from prunelab.train import evaluate
 
 FORMAT = "prunelab-sparse-1"
-MAX_GAP = 255  # uint8
 
 
 class ExportError(ValueError):
     """A file is not a valid prunelab export."""
-
-
-def _encode_rows(weight: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CSR with uint8 column gaps; returns (values, gaps, entries per row)."""
-    matrix = weight.detach().cpu().float().flatten(1).numpy()
-    rows, columns = np.nonzero(matrix)  # row-major order
-    previous = np.full_like(columns, -1)
-    same_row = np.r_[False, rows[1:] == rows[:-1]]
-    previous[same_row] = columns[:-1][same_row[1:]]
-    gap = columns - previous
-    fillers = (gap - 1) // MAX_GAP  # stored zeros that bridge gaps over MAX_GAP
-    entry = np.repeat(np.arange(len(gap)), fillers + 1)
-    is_real = np.r_[entry[1:] != entry[:-1], True]  # the last of each group is the entry itself
-    gaps = np.where(is_real, gap[entry] - fillers[entry] * MAX_GAP, MAX_GAP)
-    values = np.where(is_real, matrix[rows[entry], columns[entry]], 0.0)
-    counts = np.bincount(rows[entry], minlength=matrix.shape[0])
-    return values.astype(np.float32), gaps.astype(np.uint8), counts.astype(np.int32)
-
-
-def kmeans_1d(
-    values: np.ndarray, clusters: int, iterations: int = 50
-) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's k-means on scalars, started from centroids spread linearly over the
-    values' range (Deep Compression found this start best for weights).
-
-    Returns (centroids, index of each value's centroid). Deterministic.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
-    centroids = np.linspace(values.min(), values.max(), clusters)
-    assignment = None
-    for _ in range(iterations):
-        order = np.argsort(centroids)
-        centroids = centroids[order]
-        # nearest centroid in 1-D: compare with the midpoints between sorted centroids
-        new = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
-        if assignment is not None and np.array_equal(new, assignment):
-            break
-        assignment = new
-        sums = np.bincount(assignment, weights=values, minlength=clusters)
-        sizes = np.bincount(assignment, minlength=clusters)
-        filled = sizes > 0
-        centroids[filled] = sums[filled] / sizes[filled]  # an empty cluster keeps its centroid
-    return centroids.astype(np.float32), assignment
-
-
-def _share_values(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """(codebook, uint8 codes) for one layer's stored values; fillers keep code 0 (zero)."""
-    real = values != 0
-    centroids, assignment = kmeans_1d(values[real], 2**bits - 1)
-    codes = np.zeros(len(values), dtype=np.uint8)
-    codes[real] = assignment + 1
-    return np.r_[np.float32(0), centroids], codes
-
-
-def _shared_values(tensors: dict, name: str, code_bits: str | None) -> torch.Tensor:
-    """A layer's stored values from its codebook and codes, packed at ``code_bits`` bits
-    (or, from files before packing, a byte each)."""
-    codebook, codes = tensors[f"{name}.codebook"].float(), tensors[f"{name}.codes"]
-    if code_bits:
-        count = len(tensors[f"{name}.gaps"])
-        codes = torch.from_numpy(bitpack.unpack(codes.numpy(), int(code_bits), count))
-    codes = codes.long()
-    if codes.numel() and int(codes.max()) >= len(codebook):
-        raise ValueError(f"a code of {name} falls outside its codebook")
-    return codebook[codes]
-
-
-def _decode_rows(values, gaps, counts, shape) -> torch.Tensor:
-    rows, width = shape[0], int(np.prod(shape[1:]))
-    matrix = np.zeros((rows, width), dtype=np.float32)
-    row_of_entry = np.repeat(np.arange(rows), counts)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    # column = running sum of gaps within the row, minus one (the first gap counts from -1)
-    cumulative = np.cumsum(gaps.astype(np.int64))
-    row_offset = np.repeat(cumulative[starts - 1] * (starts > 0), counts) if len(gaps) else 0
-    columns = cumulative - row_offset - 1
-    if len(gaps) and (columns.max() >= width or columns.min() < 0):
-        raise ExportError("sparse weight indices fall outside the weight's shape")
-    matrix[row_of_entry, columns] = values
-    return torch.from_numpy(matrix).view(shape)
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -150,6 +75,28 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def _store_weight(tensors: dict, name: str, param: torch.Tensor, dtype: torch.dtype,
+                  codebook_bits: int | None, entropy: str | None) -> list[int] | None:  # fmt: skip
+    """Put one weight's CSR tensors into ``tensors``; return the layout of its entropy
+    coding (``entropy_format``), if any."""
+    # entropy coded, the gaps run over the flattened weight and no row counts are stored
+    values, gaps, counts = csr_format.encode(param if entropy is None else param.reshape(1, -1))
+    codes = None
+    if codebook_bits is None:
+        tensors[f"{name}.values"] = torch.from_numpy(values).to(dtype)
+    else:
+        codebook, codes = share_values(values, codebook_bits)
+        tensors[f"{name}.codebook"] = torch.from_numpy(codebook).to(dtype)
+    if entropy is not None:
+        tensors[f"{name}.huffman"], layout = entropy_format.encode(gaps, codes, codebook_bits)
+        return layout
+    if codes is not None:
+        tensors[f"{name}.codes"] = torch.from_numpy(bitpack.pack(codes, codebook_bits))
+    tensors[f"{name}.gaps"] = torch.from_numpy(gaps)
+    tensors[f"{name}.counts"] = torch.from_numpy(counts)
+    return None
+
+
 def save_sparse(
     model: nn.Module,
     config: ModelConfig | None,
@@ -158,6 +105,7 @@ def save_sparse(
     sparse: bool = True,
     codebook_bits: int | None = None,
     pattern: NM | None = None,
+    entropy: str | None = None,
 ) -> int:
     """Write ``model``'s state dict (every tensor, keyed as the model keys it) keeping
     only the non-zero weights; return bytes. ``config``, for a built-in model, lets
@@ -166,12 +114,18 @@ def save_sparse(
     With ``sparse=False`` every tensor is stored whole (for compacted models).
     With ``codebook_bits`` the sparse weights' values share a per-layer codebook.
     With an N:M ``pattern``, the weights that follow it are stored N:M (``nm_format``).
+    With ``entropy`` (one of ``ENTROPY_CODERS``) the CSR weights' gaps and codes are
+    entropy coded (``entropy_format``).
     """
     if dtype not in (torch.float32, torch.float16):
         raise ValueError(f"values are stored as float32 or float16, not {dtype}")
     if codebook_bits is not None and not (1 <= codebook_bits <= 8 and sparse):
         raise ValueError("a codebook needs sparse storage and 1 to 8 bits per value")
-    tensors, layout, nm = {}, {}, {}
+    if entropy is not None:
+        check_choice("entropy coder", entropy, ENTROPY_CODERS)
+        if not sparse:
+            raise ValueError("entropy coding needs sparse storage")
+    tensors, layout, nm, coded = {}, {}, {}, {}
     for name, param in model.state_dict().items():
         weight = sparse and name.endswith("weight") and param.dim() >= 2
         compress = weight and pattern is not None and codebook_bits is None
@@ -181,15 +135,7 @@ def save_sparse(
             tensors[f"{name}.nm_values"] = tensors[f"{name}.nm_values"].to(dtype)
             nm[name] = [list(param.shape), pattern.n, pattern.m]
         elif weight:
-            values, gaps, counts = _encode_rows(param)
-            if codebook_bits is None:
-                tensors[f"{name}.values"] = torch.from_numpy(values).to(dtype)
-            else:
-                codebook, codes = _share_values(values, codebook_bits)
-                tensors[f"{name}.codebook"] = torch.from_numpy(codebook).to(dtype)
-                tensors[f"{name}.codes"] = torch.from_numpy(bitpack.pack(codes, codebook_bits))
-            tensors[f"{name}.gaps"] = torch.from_numpy(gaps)
-            tensors[f"{name}.counts"] = torch.from_numpy(counts)
+            coded[name] = _store_weight(tensors, name, param, dtype, codebook_bits, entropy)
             layout[name] = list(param.shape)
         else:
             kept_type = dtype if param.is_floating_point() else param.dtype  # counters stay
@@ -203,9 +149,44 @@ def save_sparse(
         "code_bits": str(codebook_bits) if codebook_bits is not None else "",
         "sha256": _digest(tensors),
     }
+    if entropy is not None:  # files before entropy coding have neither key
+        metadata.update(entropy=entropy, coded=json.dumps(coded))
     blob = save(tensors, metadata=metadata)
     atomic_write_bytes(path, blob)
     return len(blob)
+
+
+def _shared_values(codebook: torch.Tensor, codes: np.ndarray, name: str) -> torch.Tensor:
+    codes = torch.from_numpy(codes.astype(np.int64))
+    if codes.numel() and int(codes.max()) >= len(codebook):
+        raise ValueError(f"a code of {name} falls outside its codebook")
+    return codebook.float()[codes]
+
+
+def _load_weight(
+    tensors: dict, name: str, shape: list[int], metadata: dict, coded: list[int] | None
+) -> torch.Tensor:
+    """One CSR weight back from its tensors: entropy coded (``coded``: its layout, of
+    entries over the flattened weight) or not, its values shared through a codebook or
+    not (codes packed at ``code_bits`` bits or, from files before packing, a byte each)."""
+    code_bits = int(metadata.get("code_bits") or 0) or None
+    shared = f"{name}.codebook" in tensors
+    if metadata.get("entropy"):
+        check_choice("entropy coder", metadata["entropy"], ENTROPY_CODERS)
+        gaps, codes = entropy_format.decode(tensors[f"{name}.huffman"], coded,
+                                            code_bits if shared else None)  # fmt: skip
+        counts, rows = np.array([len(gaps)]), [1, int(np.prod(shape))]
+    else:
+        gaps, counts = tensors[f"{name}.gaps"].numpy(), tensors[f"{name}.counts"].numpy()
+        codes, rows = tensors.get(f"{name}.codes"), shape
+        if codes is not None:
+            codes = codes.numpy()
+            codes = bitpack.unpack(codes, code_bits, len(gaps)) if code_bits else codes
+    if shared:
+        values = _shared_values(tensors[f"{name}.codebook"], codes, name)
+    else:
+        values = tensors[f"{name}.values"].float()
+    return csr_format.decode(values.numpy(), gaps, counts, rows).view(shape)
 
 
 def load_sparse(
@@ -231,27 +212,20 @@ def load_sparse(
         raise ExportError(f"{path}: saved without a model config; pass into=<the model>")
     model = into if into is not None else build_model(config)
     state = {}
-    for name, shape in json.loads(metadata["sparse"]).items():
-        if f"{name}.codes" in tensors:
-            try:
-                values = _shared_values(tensors, name, metadata.get("code_bits"))
-            except ValueError as err:
-                raise ExportError(f"{path}: {err}") from err
-        else:
-            values = tensors[f"{name}.values"].float()
-        state[name] = _decode_rows(
-            values.numpy(),
-            tensors[f"{name}.gaps"].numpy(),
-            tensors[f"{name}.counts"].numpy(),
-            shape,
-        )
+    try:
+        coded = json.loads(metadata.get("coded", "{}"))
+        for name, shape in json.loads(metadata["sparse"]).items():
+            state[name] = _load_weight(tensors, name, shape, metadata, coded.get(name))
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
+        raise ExportError(f"{path}: its sparse weights cannot be read ({err})") from err
     try:
         for name, (shape, n, m) in json.loads(metadata.get("nm", "{}")).items():
             values, places = tensors[f"{name}.nm_values"], tensors[f"{name}.nm_places"]
             state[name] = nm_format.decode(values, places, shape, NM.parse(f"{n}:{m}"))
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as err:
         raise ExportError(f"{path}: its N:M weights cannot be read ({err})") from err
-    stored = (".values", ".gaps", ".counts", ".codebook", ".codes", ".nm_values", ".nm_places")
+    stored = (".values", ".gaps", ".counts", ".codebook", ".codes", ".huffman", ".nm_values",
+              ".nm_places")  # fmt: skip
     for name, tensor in tensors.items():
         if not name.endswith(stored):
             state[name] = tensor.float() if tensor.is_floating_point() else tensor
@@ -349,6 +323,17 @@ def _finished_cell(paths: RunPaths, config: StudyConfig, method: str, k: float) 
     return model_path
 
 
+def _check_options(
+    form: str, codebook_bits: int | None, codebook_epochs: int, entropy: str | None
+) -> None:
+    check_choice("format", form, EXPORT_FORMS)
+    if (codebook_bits is not None or entropy is not None) and form != "sparse":
+        raise ValueError("a codebook or entropy coding applies to the sparse format only")
+    if codebook_epochs < 0 or (codebook_epochs and codebook_bits is None):
+        raise ValueError(f"training the codebook ({codebook_epochs} epochs) needs a codebook "
+                         "(its bits) and epochs >= 0")  # fmt: skip
+
+
 def export_cell(
     run_dir: str | Path,
     method: str,
@@ -358,6 +343,8 @@ def export_cell(
     *,
     dtype: torch.dtype = torch.float32,
     codebook_bits: int | None = None,
+    codebook_epochs: int = 0,
+    entropy: str | None = None,
     data_dir: Path | None = None,
 ) -> Exported:
     """Export the fine-tuned model of one (method, k) of a finished study.
@@ -366,11 +353,12 @@ def export_cell(
     and stores a smaller dense model; "onnx" writes the compacted model as ONNX
     (run by onnxruntime). The file is reloaded and evaluated on the test set, so
     the metric reported is that of what was written. ``codebook_bits`` shares
-    the sparse form's values through a per-layer k-means codebook.
+    the sparse form's values through a per-layer k-means codebook, whose centroids
+    are first trained for ``codebook_epochs`` epochs (``quantize.train_codebooks``,
+    on the study's data with its fine-tuning settings); ``entropy`` codes its gaps
+    and codes (one of ``ENTROPY_CODERS``).
     """
-    check_choice("format", form, EXPORT_FORMS)
-    if codebook_bits is not None and form != "sparse":
-        raise ValueError("a codebook applies to the sparse format only")
+    _check_options(form, codebook_bits, codebook_epochs, entropy)
     paths, config = open_run(run_dir)
     model, model_config = load_sparse(_finished_cell(paths, config, method, k))
     data = load_study_data(config, RunOptions(data_dir=data_dir), torch.device("cpu"))
@@ -381,8 +369,12 @@ def export_cell(
             "describe; export it as sparse (loaded into the model) or as onnx"
         )
     if form == "sparse":
+        if codebook_epochs:
+            tuning = replace(config.finetune, epochs=codebook_epochs)
+            train_codebooks(model, codebook_bits, data.train, data.val, tuning,
+                            seed=config.seed, task=data.task)  # fmt: skip
         size = save_sparse(model, model_config, out, dtype, codebook_bits=codebook_bits,
-                           pattern=PruneMethod.parse(method).pattern)  # fmt: skip
+                           pattern=PruneMethod.parse(method).pattern, entropy=entropy)  # fmt: skip
         written, _ = load_sparse(out)
         runner = written
     elif form == "compact":
