@@ -7,6 +7,8 @@ import sys
 import pytest
 import torch
 
+from prunelab import __version__
+
 from .conftest import run
 
 
@@ -225,3 +227,9 @@ def test_library_errors_name_settings_and_the_cli_names_flags(tmp_path):
     assert in_flags(str(err.value)).startswith("--max-drop is a tolerance")
     result = run("study", "--workers", "0", "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "error: --workers must be at least 1" in result.stderr
+
+
+def test_python_dash_m_prunelab_is_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "prunelab", "--version"], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert done.stdout.strip() == f"prunelab {__version__}"

@@ -95,3 +95,9 @@ def test_momentum_settings_that_mean_nothing_are_refused():
         TrainConfig(momentum=0.9)
     with pytest.raises(ValueError, match="Nesterov momentum needs --optimizer sgd"):
         TrainConfig(optimizer="sgd", nesterov=True)
+
+
+@pytest.mark.parametrize("bad", [{"lr": 0.0}, {"batch_size": 0}, {"epochs": -1}])
+def test_a_recipe_that_cannot_train_is_refused(bad):
+    with pytest.raises(ValueError, match="need lr > 0, batch_size >= 1 and epochs >= 0"):
+        TrainConfig(**bad)

@@ -74,6 +74,11 @@ class TrainConfig:
         if not (0 <= self.momentum < 1 and self.weight_decay >= 0):
             raise ValueError(f"need 0 <= momentum < 1 and weight_decay >= 0, got momentum="
                              f"{self.momentum}, weight_decay={self.weight_decay}")  # fmt: skip
+        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 0:
+            raise ValueError(
+                "need lr > 0, batch_size >= 1 and epochs >= 0, got "
+                f"lr={self.lr}, batch_size={self.batch_size}, epochs={self.epochs}"
+            )
 
     def optimizer_for(self, parameters) -> torch.optim.Optimizer:
         """This recipe's optimizer of ``parameters``."""
@@ -85,11 +90,6 @@ class TrainConfig:
         if self.optimizer == "sgd":
             options["nesterov"] = self.nesterov
         return OPTIMIZERS[self.optimizer](parameters, **options)
-        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 0:
-            raise ValueError(
-                "need lr > 0, batch_size >= 1 and epochs >= 0, got "
-                f"lr={self.lr}, batch_size={self.batch_size}, epochs={self.epochs}"
-            )
 
 
 @dataclass(frozen=True)
