@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install study test lint bench docs clean
+.PHONY: install study test lint bench papers docs clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ bench: install
 	$(BIN)/python benchmarks/recipes.py
 	$(BIN)/python benchmarks/criteria.py
 	$(BIN)/python benchmarks/huffman.py
+	$(BIN)/python benchmarks/obc.py
+
+papers: install  # about 25 minutes on 2 CPU cores
+	$(BIN)/python benchmarks/papers.py
 
 clean:
 	rm -rf $(VENV) runs

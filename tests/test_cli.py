@@ -90,6 +90,10 @@ def test_export_with_a_codebook_is_smaller_and_deep_compression_smaller_still(
         (["--method", "weight", "--k", "0.5", "--codebook", "12"], "1 to 8 bits"),
         (["--method", "weight", "--k", "0.5", "--codebook-epochs", "1"], "needs a codebook"),
         (
+            ["--method", "weight", "--k", "0.5", "--seed", "7"],
+            "seed 7 is not in this run; it has seeds 0",
+        ),  # fmt: skip
+        (
             ["--method", "unit", "--k", "0.5", "--format", "compact", "--entropy", "huffman"],
             "sparse format only",
         ),

@@ -192,7 +192,7 @@ def test_a_damaged_huffman_file_is_refused(tmp_path):
 )
 def test_onnx_export_of_a_compacted_cnn_runs_in_onnxruntime_with_any_batch(tmp_path):
     from prunelab.compact import compact
-    from prunelab.export import OnnxModel, save_onnx
+    from prunelab.onnx_format import OnnxModel, save_onnx
 
     model = build_model(ModelConfig(name="lenet5"), seed=0)
     prune(model, PruneMethod("unit"), 0.5)

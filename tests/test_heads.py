@@ -201,7 +201,7 @@ def test_unbatched_inputs_and_training_mode_keep_multihead_attentions_shapes():
     importlib.util.find_spec("onnxruntime") is None, reason="the onnx extra is not installed"
 )
 def test_a_compacted_vit_exports_to_onnx_and_runs_in_onnxruntime_with_any_batch(tmp_path):
-    from prunelab.export import OnnxModel, save_onnx
+    from prunelab.onnx_format import OnnxModel, save_onnx
 
     model, x, y = case("vit")
     prunelab.prune(model, "unit", 0.5, example_inputs=x[:2])

@@ -17,8 +17,9 @@ from prunelab.budget import BudgetAnswer, BudgetResult, budget_study, find_budge
 from prunelab.compact import CompactionError, compact
 from prunelab.csr import to_csr
 from prunelab.data import DataError, Dataset, Split, load_dataset
-from prunelab.export import export_cell, load_sparse, save_onnx, save_sparse
+from prunelab.export import export_cell, load_sparse, save_sparse
 from prunelab.models import ModelConfig, build_model, prunable_layers
+from prunelab.onnx_format import save_onnx
 from prunelab.prune import Masks, PruneMethod, prune
 from prunelab.report import write_report
 from prunelab.schedules import Schedule

@@ -17,7 +17,7 @@ import torch
 from prunelab import __version__
 from prunelab.budget import answers_table, budget_settings, budget_study, budget_values
 from prunelab.data import DataError
-from prunelab.export import ENTROPY_CODERS, EXPORT_FORMS, export_cell
+from prunelab.export import CODEBOOK_LR, ENTROPY_CODERS, EXPORT_FORMS, export_cell
 from prunelab.options import Setting
 from prunelab.report import write_report
 from prunelab.results import summary_table
@@ -138,7 +138,8 @@ def export(args: argparse.Namespace) -> int:
     result = export_cell(
         args.run_dir, args.method, args.k, args.form, args.output, dtype=dtype,
         codebook_bits=args.codebook, codebook_epochs=args.codebook_epochs,
-        entropy=args.entropy, data_dir=args.data_dir,
+        codebook_lr=args.codebook_lr,
+        entropy=args.entropy, data_dir=args.data_dir, seed=args.seed,
     )  # fmt: skip
     print(f"{result.path}: {result.bytes:,} bytes, {result.params:,} non-zero parameters, "
           f"test {result.metric} {result.test_metric:.4f}")  # fmt: skip
@@ -158,10 +159,20 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
                         "of 2**BITS - 1 values (1 to 8), as in Deep Compression")  # fmt: skip
     p.add_argument("--codebook-epochs", type=int, default=0, metavar="N",
                    help="with --codebook: first train the centroids for N epochs on the "
-                        "study's data, with its fine-tuning settings (default: 0)")  # fmt: skip
+                        "study's data, with Adam, at the fine-tuning's batch size and "
+                        "schedule (default: 0)")  # fmt: skip
+    p.add_argument(
+        "--codebook-lr",
+        type=float,
+        default=CODEBOOK_LR,
+        metavar="LR",
+        help="learning rate of the centroids' training (default: %(default)g)",
+    )
     p.add_argument("--entropy", choices=ENTROPY_CODERS,
                    help="sparse only: Huffman code the column gaps and the codebook's codes "
                         "(default: none)")  # fmt: skip
+    p.add_argument("--seed", type=int, help="which seed's model, of a study of several "
+                   "(default: its first)")  # fmt: skip
     p.add_argument("-o", "--output", type=Path, required=True, help="file to write")
     p.add_argument("--data-dir", type=Path, help="folder of the dataset's IDX files")
 

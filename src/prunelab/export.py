@@ -28,12 +28,8 @@ stage existed load as they did.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import logging
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -51,20 +47,17 @@ from prunelab.entropy_format import ENTROPY_CODERS
 from prunelab.factories import is_factory
 from prunelab.metrics import nonzero_parameters
 from prunelab.models import ModelConfig, build_model, is_chain
+from prunelab.onnx_format import OnnxModel, save_onnx
 from prunelab.options import check_choice
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod
 from prunelab.prune.nm import NM
 from prunelab.quantize import share_values, train_codebooks
-from prunelab.storage import atomic_write_bytes, state_dict_bytes
+from prunelab.storage import ExportError, atomic_write_bytes, state_dict_bytes
 from prunelab.study_config import RunOptions, StudyConfig, open_run
 from prunelab.train import evaluate
 
 FORMAT = "prunelab-sparse-1"
-
-
-class ExportError(ValueError):
-    """A file is not a valid prunelab export."""
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -252,51 +245,6 @@ def compacted_config(config: ModelConfig, compacted: nn.Module) -> ModelConfig:
     return replace(config, hidden=tuple(m.weight.shape[0] for m in weighted[:-1]))
 
 
-class OnnxModel(nn.Module):
-    """An ONNX file run by onnxruntime, callable like the module it came from."""
-
-    def __init__(self, path: str | Path):
-        super().__init__()
-        import onnxruntime
-
-        self.session = onnxruntime.InferenceSession(str(path))
-        self.input_name = self.session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (y,) = self.session.run(None, {self.input_name: x.detach().cpu().numpy()})
-        return torch.from_numpy(y)
-
-
-def save_onnx(model: nn.Module, path: str | Path, example: torch.Tensor) -> int:
-    """Export ``model`` to ONNX with a dynamic batch size; return the file's bytes.
-
-    Needs the ``onnx`` extra (``pip install 'prunelab[onnx]'``).
-    """
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as err:
-        raise ExportError("ONNX export needs the onnx extra: pip install 'prunelab[onnx]'") from err
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    batch = torch.export.Dim("batch")
-    example = example[:1].expand(2, *example.shape[1:]).contiguous().cpu()
-    onnx_log = logging.getLogger("torch.onnx")
-    level = onnx_log.level
-    onnx_log.setLevel(logging.ERROR)  # it logs every torchvision operator it skips
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model.cpu().eval(), (example,), str(tmp), dynamo=True,
-                dynamic_shapes=({0: batch},), external_data=False,
-            )  # fmt: skip
-    finally:
-        onnx_log.setLevel(level)
-    tmp.replace(path)
-    return path.stat().st_size
-
-
 @dataclass(frozen=True)
 class Exported:
     path: Path
@@ -323,6 +271,21 @@ def _finished_cell(paths: RunPaths, config: StudyConfig, method: str, k: float) 
     return model_path
 
 
+def _of_seed(config: StudyConfig, seed: int | None) -> StudyConfig:
+    """The configuration of one seed of the study (its first by default)."""
+    seeds = config.per_seed()
+    chosen = [c for c in seeds if seed is None or c.seed == seed]
+    if not chosen:
+        raise ValueError(f"seed {seed} is not in this run; it has seeds "
+                         f"{', '.join(str(c.seed) for c in seeds)}")  # fmt: skip
+    return chosen[0]
+
+
+# A centroid's gradient sums those of all its weights, thousands in a large layer: the
+# study's plain SGD would step that many times too far, where Adam scales each step.
+CODEBOOK_LR = 1e-4
+
+
 def _check_options(
     form: str, codebook_bits: int | None, codebook_epochs: int, entropy: str | None
 ) -> None:
@@ -344,8 +307,10 @@ def export_cell(
     dtype: torch.dtype = torch.float32,
     codebook_bits: int | None = None,
     codebook_epochs: int = 0,
+    codebook_lr: float = CODEBOOK_LR,
     entropy: str | None = None,
     data_dir: Path | None = None,
+    seed: int | None = None,
 ) -> Exported:
     """Export the fine-tuned model of one (method, k) of a finished study.
 
@@ -355,11 +320,13 @@ def export_cell(
     the metric reported is that of what was written. ``codebook_bits`` shares
     the sparse form's values through a per-layer k-means codebook, whose centroids
     are first trained for ``codebook_epochs`` epochs (``quantize.train_codebooks``,
-    on the study's data with its fine-tuning settings); ``entropy`` codes its gaps
-    and codes (one of ``ENTROPY_CODERS``).
+    on the study's data, with Adam at ``codebook_lr``); ``entropy`` codes its gaps
+    and codes (one of ``ENTROPY_CODERS``). ``seed`` picks one of a study's seeds
+    (default: its first).
     """
     _check_options(form, codebook_bits, codebook_epochs, entropy)
     paths, config = open_run(run_dir)
+    config = _of_seed(config, seed)
     model, model_config = load_sparse(_finished_cell(paths, config, method, k))
     data = load_study_data(config, RunOptions(data_dir=data_dir), torch.device("cpu"))
     chain = is_chain(model)
@@ -370,7 +337,8 @@ def export_cell(
         )
     if form == "sparse":
         if codebook_epochs:
-            tuning = replace(config.finetune, epochs=codebook_epochs)
+            tuning = replace(config.finetune, optimizer="adam", lr=codebook_lr, momentum=0.0,
+                             nesterov=False, weight_decay=0.0, epochs=codebook_epochs)  # fmt: skip
             train_codebooks(model, codebook_bits, data.train, data.val, tuning,
                             seed=config.seed, task=data.task)  # fmt: skip
         size = save_sparse(model, model_config, out, dtype, codebook_bits=codebook_bits,

@@ -1,4 +1,5 @@
-"""Atomic writes: a file is either absent or complete, never half-written."""
+"""Atomic writes: a file is either absent or complete, never half-written; and the
+error of a file that is not a valid prunelab export."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save
 from torch import nn
+
+
+class ExportError(ValueError):
+    """A file is not a valid prunelab export."""
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
