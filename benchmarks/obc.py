@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from prunelab.prune import PruneMethod
 from prunelab.study import run_study
 from prunelab.study_config import RunOptions, StudyConfig
 from prunelab.train import fast_cpu_math
@@ -30,7 +31,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/obc"))
     args = parser.parse_args()
     ks = tuple(float(k) for k in args.ks.split(","))
-    config = StudyConfig(methods=tuple(args.methods.split(",")), ks=ks)
+    methods = tuple(PruneMethod.parse(m).name for m in args.methods.split(","))
+    config = StudyConfig(methods=methods, ks=ks)
     result = run_study(config, RunOptions(out=args.out))
     rows = {(r["method"], r["k"], r["phase"]): r for r in result.results}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; dense test accuracy "

@@ -92,7 +92,11 @@ def test_export_with_a_codebook_is_smaller_and_deep_compression_smaller_still(
         (
             ["--method", "weight", "--k", "0.5", "--seed", "7"],
             "seed 7 is not in this run; it has seeds 0",
-        ),  # fmt: skip
+        ),
+        (
+            ["--method", "weight", "--k", "0.5", "--codebook", "4", "--codebook-lr", "0.01"],
+            "give its epochs too",
+        ),
         (
             ["--method", "unit", "--k", "0.5", "--format", "compact", "--entropy", "huffman"],
             "sparse format only",

@@ -23,11 +23,13 @@ def problem(n=400, d=24, rows=5, seed=0):
     return w, h + 0.01 * h.diagonal().mean() * torch.eye(d, dtype=torch.float64)
 
 
-def paper_obc(w, h, remove, pattern=None):
+def paper_obc(w, h, remove, pattern=None, group=None):
     """Algorithm 1 of Frantar and Alistarh (2022), one row at a time, in float64: remove
-    the weight of least w_q^2 / [H^-1]_qq, update w and the full inverse, repeat."""
+    the weight of least w_q^2 / [H^-1]_qq, update w and the full inverse, repeat.
+    ``group``: each input's group of M (default: consecutive inputs)."""
     keep = torch.ones_like(w, dtype=torch.bool)
-    group = torch.arange(w.shape[1]) // pattern.m if pattern is not None else None
+    if pattern is not None and group is None:
+        group = torch.arange(w.shape[1]) // pattern.m
     for r in range(w.shape[0]):
         row, h_inv = w[r].clone(), torch.linalg.inv(h)
         for _ in range(remove):
@@ -101,3 +103,34 @@ def test_stored_cells_of_the_round_based_obc_are_not_taken_for_exact_obc(monkeyp
     today = config.cell_id(method, 0.9)
     monkeypatch.setitem(CRITERIA, "obc", replace(CRITERIA["obc"], revision=0))
     assert config.cell_id(method, 0.9) != today
+
+
+@pytest.mark.parametrize("block,compact", [(2, 0.75), (3, 1.0)])
+def test_exact_obc_groups_a_convolution_along_its_input_channels(monkeypatch, block, compact):
+    """A [out, in, kh, kw] weight keeps N of every M input channels at each kernel place."""
+    monkeypatch.setattr(obc, "BLOCK", block)
+    monkeypatch.setattr(obc, "COMPACT", compact)
+    shape = torch.Size([5, 4, 3, 3])
+    w, h = problem(d=36, rows=5, seed=5)
+    pattern = NM(2, 4)
+    keep = obc.greedy_keep(w, torch.linalg.inv(h), 0, pattern, shape)
+    channel, place = torch.arange(36) // 9, torch.arange(36) % 9  # column = channel, kh, kw
+    group = (place * 4 + channel) // 4
+    assert (keep.view(5, 4, 9).sum(1) == 2).all()  # 2 of the 4 channels at each place
+    assert torch.equal(keep, paper_obc(w, h, 18, pattern, group))
+
+
+@pytest.mark.parametrize("remove", [0, 24])
+def test_exact_obc_removes_nothing_or_everything(remove):
+    w, h = problem()
+    keep = obc.greedy_keep(w, torch.linalg.inv(h), remove)
+    assert keep.all() if remove == 0 else not keep.any()
+
+
+def test_exact_obc_refuses_an_inverse_with_a_pivot_at_or_below_zero():
+    """What float32 makes of a Hessian too ill-conditioned for it: said, not a crash."""
+    w, h = problem()
+    h_inv = torch.linalg.inv(h)
+    h_inv[3, 3] = -h_inv[3, 3]
+    with pytest.raises(torch.linalg.LinAlgError, match="pivot"):
+        obc.greedy_keep(w, h_inv, 20)

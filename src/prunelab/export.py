@@ -281,13 +281,17 @@ def _of_seed(config: StudyConfig, seed: int | None) -> StudyConfig:
     return chosen[0]
 
 
-# A centroid's gradient sums those of all its weights, thousands in a large layer: the
-# study's plain SGD would step that many times too far, where Adam scales each step.
+# A centroid's gradient sums those of all its weights, thousands in a large layer: an
+# optimizer with fixed steps (SGD) would step that many times too far; Adam scales them.
 CODEBOOK_LR = 1e-4
 
 
 def _check_options(
-    form: str, codebook_bits: int | None, codebook_epochs: int, entropy: str | None
+    form: str,
+    codebook_bits: int | None,
+    codebook_epochs: int,
+    entropy: str | None,
+    codebook_lr: float = CODEBOOK_LR,
 ) -> None:
     check_choice("format", form, EXPORT_FORMS)
     if (codebook_bits is not None or entropy is not None) and form != "sparse":
@@ -295,6 +299,8 @@ def _check_options(
     if codebook_epochs < 0 or (codebook_epochs and codebook_bits is None):
         raise ValueError(f"training the codebook ({codebook_epochs} epochs) needs a codebook "
                          "(its bits) and epochs >= 0")  # fmt: skip
+    if codebook_lr != CODEBOOK_LR and not codebook_epochs:
+        raise ValueError("a codebook learning rate applies to its training: give its epochs too")
 
 
 def export_cell(
@@ -324,7 +330,7 @@ def export_cell(
     and codes (one of ``ENTROPY_CODERS``). ``seed`` picks one of a study's seeds
     (default: its first).
     """
-    _check_options(form, codebook_bits, codebook_epochs, entropy)
+    _check_options(form, codebook_bits, codebook_epochs, entropy, codebook_lr)
     paths, config = open_run(run_dir)
     config = _of_seed(config, seed)
     model, model_config = load_sparse(_finished_cell(paths, config, method, k))

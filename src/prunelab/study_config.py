@@ -105,8 +105,8 @@ class StudyConfig:
     )  # fmt: skip
     calibration_size: int = field(
         default=1024,
-        metadata={"help": "training images that obd, fisher, taylor, obs and obc look at",
-                  "flag": "calibration"},
+        metadata={"help": "training images that the criteria of data look at (obd, fisher, "
+                          "taylor, wanda, obs, obc, obc-rounds)", "flag": "calibration"},
     )  # fmt: skip
     schedule: Schedule = field(default_factory=Schedule, metadata={"prefix": "", "of": ""})
     seed: int = field(

@@ -35,7 +35,9 @@ def reconstruct_groups(
     masks."""
     batches = list(batches or [])
     if not batches:
-        raise ValueError("obs and obc need calibration batches (inputs and labels); none given")
+        raise ValueError(
+            "obs, obc and obc-rounds need calibration batches (inputs and labels); none given"
+        )
     work = copy.deepcopy(model)
     readers = {g.name: _reader(work, g, readable) for g in groups}  # every error up front
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}

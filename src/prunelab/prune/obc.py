@@ -92,6 +92,8 @@ def _greedy_chunk(w, h_inv, remove, group, pattern, buffer):
             penalty.scatter_(1, q, float("inf"))
             if group is not None:
                 left[at, group[at, q[:, 0]]] -= 1
+        if not torch.isfinite(u).all():  # a pivot <= 0: H too ill-conditioned for float32
+            raise torch.linalg.LinAlgError("a pivot of the inverse Hessian fell to zero or below")
         done += block
         gone = penalty > 0
         kept = d - done
@@ -103,6 +105,8 @@ def _greedy_chunk(w, h_inv, remove, group, pattern, buffer):
                                   out=buffer[: rows * m * m].view(rows, m, m))  # fmt: skip
             continue
         sel = (~gone).nonzero()[:, 1].view(rows, kept)  # kept places, in order
+        if done == remove:
+            return columns.gather(1, sel)
         u = u.gather(2, sel.unsqueeze(1).expand(rows, block, kept))
         a = _compacted(a, sel, buffer).baddbmm_(u.transpose(1, 2), u, alpha=-1)
         w, columns, gone = w.gather(1, sel), columns.gather(1, sel), gone.gather(1, sel)

@@ -193,7 +193,9 @@ def reconstruct(
     """
     batches = list(batches or [])
     if not batches:
-        raise ValueError("obs and obc need calibration batches (inputs and labels); none given")
+        raise ValueError(
+            "obs, obc and obc-rounds need calibration batches (inputs and labels); none given"
+        )
     try:
         return _reconstruct(model, layers, structure, k, batches, rounds, damping, pattern)
     except torch.linalg.LinAlgError as err:
