@@ -36,7 +36,7 @@ bench: install
 	$(BIN)/python benchmarks/huffman.py
 	$(BIN)/python benchmarks/obc.py
 
-papers: install  # about 25 minutes on 2 CPU cores
+papers: install  # about 20 minutes on 2 CPU cores
 	$(BIN)/python benchmarks/papers.py
 
 clean:
