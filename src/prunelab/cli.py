@@ -164,9 +164,8 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--codebook-lr",
         type=float,
-        default=CODEBOOK_LR,
         metavar="LR",
-        help="learning rate of the centroids' training (default: %(default)g)",
+        help=f"learning rate of the centroids' training (default: {CODEBOOK_LR:g})",
     )
     p.add_argument("--entropy", choices=ENTROPY_CODERS,
                    help="sparse only: Huffman code the column gaps and the codebook's codes "

@@ -291,7 +291,7 @@ def _check_options(
     codebook_bits: int | None,
     codebook_epochs: int,
     entropy: str | None,
-    codebook_lr: float = CODEBOOK_LR,
+    codebook_lr: float | None,
 ) -> None:
     check_choice("format", form, EXPORT_FORMS)
     if (codebook_bits is not None or entropy is not None) and form != "sparse":
@@ -299,7 +299,7 @@ def _check_options(
     if codebook_epochs < 0 or (codebook_epochs and codebook_bits is None):
         raise ValueError(f"training the codebook ({codebook_epochs} epochs) needs a codebook "
                          "(its bits) and epochs >= 0")  # fmt: skip
-    if codebook_lr != CODEBOOK_LR and not codebook_epochs:
+    if codebook_lr is not None and not codebook_epochs:
         raise ValueError("a codebook learning rate applies to its training: give its epochs too")
 
 
@@ -313,7 +313,7 @@ def export_cell(
     dtype: torch.dtype = torch.float32,
     codebook_bits: int | None = None,
     codebook_epochs: int = 0,
-    codebook_lr: float = CODEBOOK_LR,
+    codebook_lr: float | None = None,
     entropy: str | None = None,
     data_dir: Path | None = None,
     seed: int | None = None,
@@ -326,7 +326,8 @@ def export_cell(
     the metric reported is that of what was written. ``codebook_bits`` shares
     the sparse form's values through a per-layer k-means codebook, whose centroids
     are first trained for ``codebook_epochs`` epochs (``quantize.train_codebooks``,
-    on the study's data, with Adam at ``codebook_lr``); ``entropy`` codes its gaps
+    on the study's data, with Adam at ``codebook_lr``, default ``CODEBOOK_LR``);
+    ``entropy`` codes its gaps
     and codes (one of ``ENTROPY_CODERS``). ``seed`` picks one of a study's seeds
     (default: its first).
     """
@@ -343,7 +344,8 @@ def export_cell(
         )
     if form == "sparse":
         if codebook_epochs:
-            tuning = replace(config.finetune, optimizer="adam", lr=codebook_lr, momentum=0.0,
+            lr = CODEBOOK_LR if codebook_lr is None else codebook_lr
+            tuning = replace(config.finetune, optimizer="adam", lr=lr, momentum=0.0,
                              nesterov=False, weight_decay=0.0, epochs=codebook_epochs)  # fmt: skip
             train_codebooks(model, codebook_bits, data.train, data.val, tuning,
                             seed=config.seed, task=data.task)  # fmt: skip

@@ -1,5 +1,6 @@
 """Pruning criteria: functions that score weights or units and never edit the model,
-registered in ``CRITERIA`` beside obs, obc and obc-rounds, which re-fit what they keep (``obs.py``).
+registered in ``CRITERIA`` beside obs, obc and obc-rounds, which re-fit what they keep
+(``obs.py``).
 
 A criterion takes a ``ScoreContext`` and returns one score tensor per prunable
 layer: the weight's shape for the "weight" structure, one score per output unit

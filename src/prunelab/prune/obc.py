@@ -51,9 +51,10 @@ def greedy_keep(
     keep = torch.zeros_like(w, dtype=torch.bool)
     chunk = max(1, MEMORY // (d * d * torch.finfo(DTYPE).bits // 8))
     buffer = torch.empty(min(chunk, rows) * d * d, dtype=DTYPE, device=w.device)
+    h_inv = h_inv.to(DTYPE)
     for start in range(0, rows, chunk):
         part = slice(start, start + chunk)
-        kept = _greedy_chunk(w[part].to(DTYPE), h_inv.to(DTYPE), remove, group, pattern, buffer)
+        kept = _greedy_chunk(w[part].to(DTYPE), h_inv, remove, group, pattern, buffer)
         keep[part].scatter_(1, kept, True)
     return keep
 
@@ -127,7 +128,9 @@ def _compacted(a: torch.Tensor, sel: torch.Tensor, buffer: torch.Tensor) -> torc
     return out
 
 
-def greedy_units(w: torch.Tensor, h: torch.Tensor, groups: list[torch.Tensor], remove: int):
+def greedy_units(
+    w: torch.Tensor, h: torch.Tensor, groups: list[torch.Tensor], remove: int
+) -> list[int]:
     """Exact greedy group OBS on the consumer weights ``w`` [rows, d]: the ``remove``
     units to take away, one at a time, in the order chosen.
 
