@@ -203,38 +203,3 @@ def test_onnx_export_of_a_compacted_cnn_runs_in_onnxruntime_with_any_batch(tmp_p
         torch.testing.assert_close(
             OnnxModel(tmp_path / "m.onnx")(x), small(x), atol=1e-5, rtol=1e-5
         )
-
-
-@pytest.mark.parametrize("batch", [1, 5])
-def test_csr_form_computes_what_the_pruned_model_computes(batch):
-    from prunelab.csr import CSRLinear, to_csr
-
-    model = build_model(ModelConfig(hidden=(64, 32)), seed=0)
-    prune(model, PruneMethod("weight"), 0.9)
-    sparse = to_csr(model)
-    kinds = [type(m) for m in sparse if isinstance(m, (CSRLinear, torch.nn.Linear))]
-    assert kinds == [CSRLinear, CSRLinear, torch.nn.Linear]  # the dense logits layer stays dense
-    x = torch.rand(batch, 1, 28, 28)
-    with torch.no_grad():
-        torch.testing.assert_close(sparse(x), model(x), atol=1e-5, rtol=1e-5)
-
-
-def test_csr_form_reads_tokens_and_leaves_fused_transformer_layers_dense():
-    """A weight-pruned ViT: its encoder layers' fused kernel reads their Linear weights as
-    dense tensors, so those stay dense; the CSR layer elsewhere reads [B, T, D] tokens."""
-    from prunelab.csr import CSRLinear, to_csr
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(8, 16), torch.nn.Linear(16, 16),
-        torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True),
-    ).eval()  # fmt: skip
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(torch.rand_like(p) < 0.2)
-    sparse = to_csr(model)
-    assert [type(m) for m in sparse[:2]] == [CSRLinear, CSRLinear]
-    assert type(sparse[2].linear1) is torch.nn.Linear
-    x = torch.randn(3, 5, 8)
-    with torch.inference_mode():
-        torch.testing.assert_close(sparse(x), model(x), atol=1e-5, rtol=1e-5)

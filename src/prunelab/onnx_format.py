@@ -18,13 +18,21 @@ from prunelab.storage import ExportError
 
 
 class OnnxModel(nn.Module):
-    """An ONNX file run by onnxruntime, callable like the module it came from."""
+    """An ONNX file run by onnxruntime, callable like the module it came from.
 
-    def __init__(self, path: str | Path):
+    onnxruntime's threads keep spinning after a run, which is fastest for back-to-back
+    runs but takes the cores from other work in the process (torch's, say);
+    ``spinning=False`` lets them sleep.
+    """
+
+    def __init__(self, path: str | Path, spinning: bool = True):
         super().__init__()
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(str(path))
+        options = onnxruntime.SessionOptions()
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(str(path), options)
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

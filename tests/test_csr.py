@@ -1,0 +1,129 @@
+"""The sparse inference form (``prunelab.csr``) and the inlined graph it runs as
+(``prunelab.inline``) compute what the model they come from computes."""
+
+import operator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunelab.csr import CSRLinear, csr_linear, to_csr
+from prunelab.inline import inline_calls
+from prunelab.models import ModelConfig, build_model
+from prunelab.prune import PruneMethod, prune
+
+
+def called(graph_module: nn.Module) -> list:
+    """What each call in the traced graph calls: a function, or a module's type."""
+    return [
+        n.target if n.op == "call_function" else type(graph_module.get_submodule(n.target))
+        for n in graph_module.graph.nodes
+        if n.op in ("call_function", "call_module")
+    ]
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_csr_form_computes_what_the_pruned_model_computes(batch):
+    model = build_model(ModelConfig(hidden=(64, 32)), seed=0)
+    prune(model, PruneMethod("weight"), 0.9)
+    modules = to_csr(model, inline=False)
+    kinds = [type(m) for m in modules if isinstance(m, (CSRLinear, nn.Linear))]
+    assert kinds == [CSRLinear, CSRLinear, nn.Linear]  # the dense logits layer stays dense
+    inlined = to_csr(model)
+    assert called(inlined) == [torch.flatten, csr_linear, torch.relu, csr_linear, torch.relu,
+                               F.linear]  # fmt: skip
+    x = torch.rand(batch, 1, 28, 28)
+    with torch.inference_mode():
+        for sparse in (modules, inlined):
+            torch.testing.assert_close(sparse(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (6, 7), (3, 4, 7), (1, 1, 7)])
+def test_csr_product_takes_rows_of_any_leading_shape_and_layout(shape):
+    """One row (a vector product), many (an embedding bag), tokens, and rows stored
+    transposed, as the embedding bag leaves them."""
+    torch.manual_seed(0)
+    layer = nn.Linear(7, 5)
+    with torch.no_grad():
+        layer.weight.mul_(torch.rand_like(layer.weight) < 0.3)
+    sparse = CSRLinear(layer)
+    x = torch.randn(shape)
+    transposed = x.reshape(-1, 7).T.contiguous().T.reshape(shape)
+    with torch.inference_mode():
+        for rows in (x, transposed):
+            torch.testing.assert_close(csr_linear(rows, *sparse.parts()), layer(x))
+
+
+def test_csr_form_reads_tokens_and_leaves_fused_transformer_layers_dense():
+    """A weight-pruned ViT: its encoder layers' fused kernel reads their Linear weights as
+    dense tensors, so those stay dense; the CSR layer elsewhere reads [B, T, D] tokens."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(8, 16), nn.Linear(16, 16), nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    ).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(torch.rand_like(p) < 0.2)
+    modules = to_csr(model, inline=False)
+    assert [type(m) for m in modules[:2]] == [CSRLinear, CSRLinear]
+    assert type(modules[2].linear1) is nn.Linear
+    inlined = to_csr(model)
+    assert called(inlined) == [csr_linear, csr_linear, nn.TransformerEncoderLayer]
+    x = torch.randn(3, 5, 8)
+    with torch.inference_mode():
+        for sparse in (modules, inlined):
+            torch.testing.assert_close(sparse(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+class HeadFirstResidual(nn.Module):
+    """A head defined before its body, a skip connection, BatchNorm and dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(16, 3)
+        self.body = nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5))
+        self.stem = nn.Sequential(nn.Flatten(), nn.Linear(12, 16))
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(h + self.body(h))
+
+
+def test_inlined_graph_calls_functions_and_keeps_the_modules_it_has_no_rule_for():
+    torch.manual_seed(0)
+    model = HeadFirstResidual()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        model.body[1].running_mean.uniform_(-1, 1)
+        model.body[1].running_var.uniform_(0.5, 2)
+    model.eval()
+    inlined = inline_calls(model)
+    # dropout is gone: the identity in inference
+    expected = [
+        torch.flatten,
+        F.linear,
+        F.linear,
+        nn.BatchNorm1d,
+        torch.relu,
+        operator.add,
+        F.linear,
+    ]
+    assert called(inlined) == expected
+    assert not any(isinstance(m, (nn.Linear, nn.ReLU)) for m in inlined.modules())
+    x = torch.randn(4, 3, 4)
+    with torch.inference_mode():
+        torch.testing.assert_close(inlined(x), model(x))
+
+
+def test_a_model_that_cannot_be_traced_stays_as_it_is():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.layer(x) if x.sum() > 0 else x
+
+    model = DataDependent()
+    assert inline_calls(model) is model
+    assert isinstance(to_csr(model).layer, nn.Linear)  # dense: nothing was pruned
