@@ -79,6 +79,7 @@ def _greedy_chunk(w, h_inv, remove, group, pattern, buffer):
         diag = a.diagonal(dim1=1, dim2=2).masked_fill(gone, 1.0)
         penalty = torch.zeros_like(w).masked_fill_(gone, float("inf"))
         u = torch.empty(rows, block, m, dtype=w.dtype, device=w.device)  # filled step by step
+        pivots = torch.empty(rows, block, dtype=w.dtype, device=w.device)
         for t in range(block):
             score = torch.addcmul(penalty, w, w / diag)
             if group is not None:
@@ -86,14 +87,16 @@ def _greedy_chunk(w, h_inv, remove, group, pattern, buffer):
             q = score.argmin(1, keepdim=True)
             column = torch.baddbmm(a[at, q[:, 0]].unsqueeze(1), u[at, :t, q[:, 0]].unsqueeze(1),
                                    u[:, :t], alpha=-1).squeeze(1)  # fmt: skip
-            pivot = column.gather(1, q)
+            pivot = pivots[:, t : t + 1] = column.gather(1, q)
             w.addcmul_(w.gather(1, q) / pivot, column, value=-1)
             torch.mul(column, pivot.rsqrt(), out=u[:, t])
             diag.addcmul_(u[:, t], u[:, t], value=-1).scatter_(1, q, 1.0)
             penalty.scatter_(1, q, float("inf"))
             if group is not None:
                 left[at, group[at, q[:, 0]]] -= 1
-        if not torch.isfinite(u).all():  # a pivot <= 0: H too ill-conditioned for float32
+        # A pivot <= 0 (H too ill-conditioned for float32) or a non-finite column, which
+        # every kept weight's correction would carry into w: checking u itself costs more.
+        if not ((pivots > 0).all() and torch.isfinite(pivots).all() and torch.isfinite(w).all()):
             raise torch.linalg.LinAlgError("a pivot of the inverse Hessian fell to zero or below")
         done += block
         gone = penalty > 0
