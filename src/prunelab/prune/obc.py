@@ -28,7 +28,8 @@ from prunelab.prune.nm import NM
 ONE_AT_A_TIME = 0  # the solver_rounds of exact OBC: every removal is its own round
 BLOCK = 32  # removals gathered into one update of each row's inverse
 COMPACT = 0.75  # a row's inverse shrinks to its kept places once fewer than this remain
-MEMORY = 2**30  # bytes of the rows' inverses: sets how many rows go together
+MEMORY = 2**28  # bytes of the rows' inverses: sets how many rows go together (more was
+# slower: fewer rows per chunk keep more of each step's work in cache)
 DTYPE = torch.float32
 
 
@@ -79,23 +80,31 @@ def _greedy_chunk(w, h_inv, remove, group, pattern, buffer):
         diag = a.diagonal(dim1=1, dim2=2).masked_fill(gone, 1.0)
         penalty = torch.zeros_like(w).masked_fill_(gone, float("inf"))
         u = torch.empty(rows, block, m, dtype=w.dtype, device=w.device)  # filled step by step
-        pivots = torch.empty(rows, block, dtype=w.dtype, device=w.device)
+        # Row q of each row's inverse, read as rows of one matrix (index_select is faster
+        # than an advanced index): the shared inverse's, or those of the buffer.
+        shared = a.data_ptr() != buffer.data_ptr()
+        rows_of = h_inv if shared else a.view(rows * m, m)
+        offsets = 0 if shared else at * m
+        pivots = []
         for t in range(block):
             score = torch.addcmul(penalty, w, w / diag)
             if group is not None:
                 score.masked_fill_(left.gather(1, group) <= pattern.n, float("inf"))
             q = score.argmin(1, keepdim=True)
-            column = torch.baddbmm(a[at, q[:, 0]].unsqueeze(1), u[at, :t, q[:, 0]].unsqueeze(1),
-                                   u[:, :t], alpha=-1).squeeze(1)  # fmt: skip
-            pivot = pivots[:, t : t + 1] = column.gather(1, q)
-            w.addcmul_(w.gather(1, q) / pivot, column, value=-1)
-            torch.mul(column, pivot.rsqrt(), out=u[:, t])
-            diag.addcmul_(u[:, t], u[:, t], value=-1).scatter_(1, q, 1.0)
+            qi = q.view(rows)
+            a_q = rows_of.index_select(0, qi + offsets).unsqueeze(1)
+            column = torch.baddbmm(a_q, u[at, :t, qi].unsqueeze(1), u[:, :t], alpha=-1).squeeze(1)
+            pivot = column.gather(1, q)
+            pivots.append(pivot)
+            w.addcmul_(w.gather(1, q).div_(pivot), column, value=-1)
+            u_t = torch.mul(column, pivot.rsqrt(), out=u[:, t])
+            diag.addcmul_(u_t, u_t, value=-1).scatter_(1, q, 1.0)
             penalty.scatter_(1, q, float("inf"))
             if group is not None:
-                left[at, group[at, q[:, 0]]] -= 1
+                left[at, group[at, qi]] -= 1
         # A pivot <= 0 (H too ill-conditioned for float32) or a non-finite column, which
         # every kept weight's correction would carry into w: checking u itself costs more.
+        pivots = torch.cat(pivots, 1)
         if not ((pivots > 0).all() and torch.isfinite(pivots).all() and torch.isfinite(w).all()):
             raise torch.linalg.LinAlgError("a pivot of the inverse Hessian fell to zero or below")
         done += block
