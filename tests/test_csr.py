@@ -39,10 +39,10 @@ def test_csr_form_computes_what_the_pruned_model_computes(batch):
             torch.testing.assert_close(sparse(x), model(x), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(1, 7), (6, 7), (3, 4, 7), (1, 1, 7)])
+@pytest.mark.parametrize("shape", [(1, 7), (6, 7), (3, 4, 7), (1, 1, 7), (0, 7)])
 def test_csr_product_takes_rows_of_any_leading_shape_and_layout(shape):
-    """One row (a vector product), many (an embedding bag), tokens, and rows stored
-    transposed, as the embedding bag leaves them."""
+    """One row (a vector product), many (an embedding bag), tokens, none, and rows
+    stored transposed (as the embedding bag leaves them) or strided."""
     torch.manual_seed(0)
     layer = nn.Linear(7, 5)
     with torch.no_grad():
@@ -50,8 +50,9 @@ def test_csr_product_takes_rows_of_any_leading_shape_and_layout(shape):
     sparse = CSRLinear(layer)
     x = torch.randn(shape)
     transposed = x.reshape(-1, 7).T.contiguous().T.reshape(shape)
+    strided = torch.stack([x, x], dim=-1)[..., 0]
     with torch.inference_mode():
-        for rows in (x, transposed):
+        for rows in (x, transposed, strided):
             torch.testing.assert_close(csr_linear(rows, *sparse.parts()), layer(x))
 
 

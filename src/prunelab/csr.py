@@ -26,13 +26,13 @@ def csr_linear(
     matrix product at 90-99% sparsity (``benchmarks/inference.py``).
     """
     if x.dim() == 2 and x.shape[0] == 1:
-        return torch.addmv(bias, weight, x.view(-1)).view(1, -1)
+        return torch.addmv(bias, weight, x.reshape(-1)).view(1, -1)
     rows = x.reshape(-1, x.shape[-1])
     out = F.embedding_bag(columns, rows.T.contiguous(), row_starts, mode="sum",
                           per_sample_weights=values, include_last_offset=True)  # fmt: skip
     # Bias added in place: the result stays a transposed view, which the next sparse
     # layer reads as the embedding bag's table without a copy.
-    return out.add_(bias[:, None]).T.reshape(*x.shape[:-1], -1)
+    return out.add_(bias[:, None]).T.reshape(*x.shape[:-1], weight.shape[0])
 
 
 class CSRLinear(nn.Module):
