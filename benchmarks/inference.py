@@ -8,9 +8,9 @@ sparse. Each form runs in the runtimes that can run it:
 - dense forms (the dense, masked and compacted models): eager PyTorch,
   ``torch.compile`` and onnxruntime (from ``prunelab.save_onnx``);
 - the weight-pruned model: ``prunelab.to_csr`` (torch's CSR product at batch 1, an
-  embedding bag above, module calls inlined), the same as ``CSRLinear`` modules, a
-  scipy CSR product (where scipy is installed) and torch's blocked BSR format (2x2
-  blocks, the only shape its CPU kernel takes), and onnxruntime on the masked model.
+  embedding bag above, module calls inlined), the same as ``CSRLinear`` modules,
+  torch's CSR matrix products alone, scipy's CSR product (where scipy is installed) and
+  torch's blocked BSR format (2x2 blocks, the only shape its CPU kernel takes).
 
 The fastest runtime of each form is in bold.
 
@@ -59,12 +59,13 @@ class ScipyLinear(nn.Module):
         return torch.from_numpy((self.weight @ rows.T).T + self.bias)
 
 
-class BSRLinear(nn.Module):
-    """A CSR layer in torch's blocked sparse format, 2x2 blocks."""
+class SparseProductLinear(nn.Module):
+    """A CSR layer multiplied by torch's sparse matrix products, its weight in CSR or in
+    a blocked format (``layout`` converts the dense weight)."""
 
-    def __init__(self, layer: CSRLinear):
+    def __init__(self, layer: CSRLinear, layout: Callable[[torch.Tensor], torch.Tensor]):
         super().__init__()
-        self.weight = layer.weight.to_dense().to_sparse_bsr((2, 2))
+        self.weight = layout(layer.weight.to_dense())
         self.bias = layer.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,42 +75,52 @@ class BSRLinear(nn.Module):
         return torch.addmm(self.bias[:, None], self.weight, rows.T).T
 
 
-def csr_layers_as(layer_type: type[nn.Module]) -> Callable[[nn.Module], nn.Module]:
+def int32_csr(dense: torch.Tensor) -> torch.Tensor:
+    """CSR with int32 indices, which torch does not convert on every call."""
+    csr = dense.to_sparse_csr()
+    return torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(),
+                                   csr.values(), csr.shape)  # fmt: skip
+
+
+def csr_layers_as(layer: Callable[[CSRLinear], nn.Module]) -> Callable[[nn.Module], nn.Module]:
+    """A conversion of the MLP whose CSR layers (its children) become ``layer`` of them."""
+
     def convert(model: nn.Module) -> nn.Module:
         sparse = to_csr(model, inline=False)
         for name, module in list(sparse.named_children()):
             if isinstance(module, CSRLinear):
-                setattr(sparse, name, layer_type(module))
+                setattr(sparse, name, layer(module))
         return sparse
 
     return convert
 
 
-def onnxruntime(model: nn.Module) -> nn.Module:
-    path = Path(tempfile.mkdtemp()) / "model.onnx"
-    save_onnx(model, path, EXAMPLE)
-    return OnnxModel(path, spinning=False)  # spinning threads would slow the other runtimes
+def in_onnxruntime(model: nn.Module) -> nn.Module:
+    with tempfile.TemporaryDirectory() as folder:  # the session keeps what it read
+        save_onnx(model, Path(folder) / "model.onnx", EXAMPLE)
+        # Spinning threads would take the cores from the runtimes timed in between.
+        return OnnxModel(Path(folder) / "model.onnx", spinning=False)
 
 
 def compiled(model: nn.Module) -> nn.Module:
-    # Each model and batch size is a recompilation of the same forward code; past the
-    # default limit (8) dynamo would quietly run the rest eagerly.
-    torch._dynamo.config.recompile_limit = 64
     return torch.compile(copy.deepcopy(model), dynamic=False)
 
 
-DENSE_RUNTIMES = {"eager": lambda m: m, "torch.compile": compiled, "onnxruntime": onnxruntime}
+DENSE_RUNTIMES = {"eager": lambda m: m, "torch.compile": compiled, "onnxruntime": in_onnxruntime}
 SPARSE_RUNTIMES = {
-    "prunelab.to_csr": to_csr,
+    "prunelab.to_csr": lambda m: to_csr(m, example=EXAMPLE),
     "CSRLinear modules": lambda m: to_csr(m, inline=False),
+    "torch CSR product": csr_layers_as(lambda m: SparseProductLinear(m, int32_csr)),
     "scipy CSR": csr_layers_as(ScipyLinear),
-    "torch BSR 2x2": csr_layers_as(BSRLinear),
-    "onnxruntime": onnxruntime,
+    "torch BSR 2x2": csr_layers_as(
+        lambda m: SparseProductLinear(m, lambda w: w.to_sparse_bsr((2, 2)))
+    ),
 }
-COLUMNS = [*DENSE_RUNTIMES, *(r for r in SPARSE_RUNTIMES if r not in DENSE_RUNTIMES)]
+COLUMNS = [*DENSE_RUNTIMES, *SPARSE_RUNTIMES]
 
 
 def runtimes(form: nn.Module, table: dict[str, Callable]) -> dict[str, nn.Module]:
+    """``form`` in each runtime of ``table`` that is installed."""
     ready = {}
     for name, convert in table.items():
         try:
@@ -126,6 +137,9 @@ def main() -> None:
     parser.add_argument("--ks", default="0.5,0.9,0.95,0.99")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    # Each model and batch size is a recompilation of the same forward code; past the
+    # default limit (8) dynamo would quietly run the rest eagerly.
+    torch._dynamo.config.recompile_limit = 64
     dense = build_model(ModelConfig(), seed=0).eval()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median forward time,")
     print("ratio to the dense model in eager PyTorch; the fastest runtime of each form in bold")
@@ -138,7 +152,7 @@ def main() -> None:
         prune(weight, PruneMethod("weight"), k)
         forms = {
             "dense": baseline,
-            "masked": {"eager": weight},
+            "masked": {"eager": weight},  # in any runtime, the dense model's matrices
             "unit, compacted": runtimes(compact(unit).eval(), DENSE_RUNTIMES),
             "weight, sparse": runtimes(weight, SPARSE_RUNTIMES),
         }
@@ -156,7 +170,9 @@ def main() -> None:
                 print(f"| {k:g} | {batch} | {form} | {' | '.join(shown)} |")
 
 
-def time_all(forms: dict[str, dict[str, nn.Module]], batch: int, rounds: int) -> dict:
+def time_all(
+    forms: dict[str, dict[str, nn.Module]], batch: int, rounds: int
+) -> dict[str, dict[str, float]]:
     """Median milliseconds of each form in each runtime. Rounds alternate the models, so
     that a slow spell of the machine falls on all of them alike."""
     models = [(f, r, m) for f, table in forms.items() for r, m in table.items()]

@@ -128,3 +128,66 @@ def test_a_model_that_cannot_be_traced_stays_as_it_is():
     model = DataDependent()
     assert inline_calls(model) is model
     assert isinstance(to_csr(model).layer, nn.Linear)  # dense: nothing was pruned
+
+
+def test_a_saved_csr_graph_loads_and_computes_the_same(tmp_path):
+    model = build_model(ModelConfig(hidden=(64, 32)), seed=0)
+    prune(model, PruneMethod("weight"), 0.9)
+    sparse = to_csr(model)
+    torch.save(sparse, tmp_path / "sparse.pt")
+    loaded = torch.load(tmp_path / "sparse.pt", weights_only=False)
+    for batch in (1, 3):
+        x = torch.rand(batch, 1, 28, 28)
+        with torch.inference_mode():
+            torch.testing.assert_close(loaded(x), sparse(x))
+
+
+def test_inlining_keeps_in_place_activations_hooks_and_inference_mode():
+    """An in-place ReLU whose input is read again, a hooked layer and a model left in
+    training mode (its dropout off in the graph) compute what the model computes."""
+
+    class Reuse(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.act, self.out = nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 2)
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return self.out(self.drop(self.act(h) + h))
+
+    torch.manual_seed(0)
+    model = Reuse()
+    model.out.register_forward_hook(lambda module, args, output: output * 0)
+    inlined = inline_calls(model)
+    assert called(inlined) == [F.linear, torch.relu_, operator.add, nn.Linear]
+    x = torch.randn(5, 4)
+    with torch.inference_mode():
+        torch.testing.assert_close(inlined(x), model(x))
+
+
+def test_a_model_that_tracing_would_change_stays_as_it_is():
+    """Optional inputs (tracing fixes them), and, given an example, anything else whose
+    traced graph computes something else (here a count kept in Python)."""
+
+    class Optional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(4, 4)
+
+        def forward(self, x, scale=None):
+            return self.layer(x) if scale is None else scale * self.layer(x)
+
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer, self.calls = nn.Linear(4, 4), 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.layer(x) * self.calls
+
+    optional, counting = Optional(), Counting()
+    assert inline_calls(optional) is optional
+    assert isinstance(inline_calls(Counting()), torch.fx.GraphModule)  # without an example
+    assert inline_calls(counting, example=torch.randn(2, 4)) is counting

@@ -9,6 +9,7 @@ tensors it reads are plain attributes, not parameters.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import warnings
 from collections.abc import Callable
@@ -23,8 +24,8 @@ from torch import fx, nn
 Rule = Callable[[nn.Module], tuple[Callable | None, tuple[Any, ...]]]
 
 RULES: dict[type[nn.Module], Rule] = {
-    nn.Linear: lambda m: (F.linear, (m.weight.detach(), m.bias)),
-    nn.ReLU: lambda m: (torch.relu, ()),
+    nn.Linear: lambda m: (F.linear, (m.weight, m.bias)),
+    nn.ReLU: lambda m: (torch.relu_ if m.inplace else torch.relu, ()),
     nn.Flatten: lambda m: (torch.flatten, (m.start_dim, m.end_dim)),
     nn.Identity: lambda m: (None, ()),
     nn.Dropout: lambda m: (None, ()),  # the identity in inference
@@ -32,7 +33,10 @@ RULES: dict[type[nn.Module], Rule] = {
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaves: tuple[type[nn.Module], ...]):
+    """fx's tracer, which also stops at the modules that have rules. ``torch.load``
+    re-traces a saved graph with it, with no arguments."""
+
+    def __init__(self, leaves: tuple[type[nn.Module], ...] = ()):
         super().__init__()
         self.leaves = leaves
 
@@ -40,10 +44,23 @@ class _Tracer(fx.Tracer):
         return isinstance(m, self.leaves) or super().is_leaf_module(m, qualified_name)
 
 
-def inline_calls(model: nn.Module, rules: dict[type[nn.Module], Rule] | None = None) -> nn.Module:
-    """A graph module that computes what ``model`` (in eval mode) computes, with the
-    modules that ``RULES`` and ``rules`` know replaced by direct function calls; the model
-    itself where ``torch.fx`` cannot trace it (Python control flow on tensor values)."""
+def inline_calls(
+    model: nn.Module, rules: dict[type[nn.Module], Rule] | None = None,
+    example: torch.Tensor | None = None,
+) -> nn.Module:  # fmt: skip
+    """A graph module that computes what ``model`` computes in inference, with the
+    modules that ``RULES`` and ``rules`` know replaced by direct function calls.
+
+    ``model`` is put in eval mode; the graph shares its other modules and its tensors.
+    It is returned as it is where tracing could change what it computes: a forward of
+    more than one input (optional ones would be fixed at their defaults), Python
+    control flow on tensor values (``torch.fx`` cannot trace it), or, given an
+    ``example`` input, outputs that differ from the model's. Modules with hooks stay
+    modules, so that their hooks run.
+    """
+    model.eval()
+    if not _one_input(model):
+        return model
     rules = {**RULES, **(rules or {})}
     tracer = _Tracer(tuple(rules))
     try:
@@ -51,24 +68,47 @@ def inline_calls(model: nn.Module, rules: dict[type[nn.Module], Rule] | None = N
     except Exception:  # tracing runs the model's own Python, which may fail in any way
         return model
     traced = fx.GraphModule(tracer.root, graph)
-    names = (f"_inlined_{i}" for i in itertools.count())
+    names = (f"_inlined_{i}" for i in itertools.count() if not hasattr(traced, f"_inlined_{i}"))
     for node in list(graph.nodes):
-        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+        module = traced.get_submodule(node.target) if node.op == "call_module" else None
+        rule = rules.get(type(module))
+        if rule is None or len(node.args) != 1 or node.kwargs or _hooked(module):
             continue
-        rule = rules.get(type(traced.get_submodule(node.target)))
-        if rule is None:
-            continue
-        function, extra = rule(traced.get_submodule(node.target))
+        function, extra = rule(module)
         if function is None:
             node.replace_all_uses_with(node.args[0])
         else:
             with graph.inserting_before(node):
                 args = [_constant(traced, graph, next(names), a) for a in extra]
-                node.replace_all_uses_with(graph.call_function(function, (*node.args, *args)))
+                call = graph.call_function(function, (*node.args, *args))
+            # Code fx must not trace into when torch.load re-traces the saved graph.
+            call.meta["is_wrapped"] = not (function.__module__ or "").startswith("torch")
+            node.replace_all_uses_with(call)
         graph.erase_node(node)
     traced.delete_all_unused_submodules()
     traced.recompile()
-    return traced.eval()
+    traced.eval()
+    if example is not None and not _same_outputs(model, traced, example):
+        return model
+    return traced
+
+
+def _one_input(model: nn.Module) -> bool:
+    parameters = inspect.signature(model.forward).parameters.values()
+    return [p.kind for p in parameters] == [inspect.Parameter.POSITIONAL_OR_KEYWORD]
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _same_outputs(model: nn.Module, traced: nn.Module, example: torch.Tensor) -> bool:
+    with torch.inference_mode():
+        try:
+            torch.testing.assert_close(traced(example), model(example))
+        except Exception:  # a failed comparison, or a graph that cannot run the example
+            return False
+    return True
 
 
 def _constant(traced: fx.GraphModule, graph: fx.Graph, name: str, value: Any) -> Any:

@@ -279,7 +279,7 @@ def _deployment(
         forms = [compact(model, example)]
         deployed_flops = flops(forms[0], example)
     else:
-        forms = [model, to_csr(model)] if example.device.type == "cpu" else [model]
+        forms = [model, to_csr(model, example=example)] if example.device.type == "cpu" else [model]
         deployed_flops = sparse_flops(model, prunable_layers(model, include_last=True), example)
     latency = {
         f"latency_ms_b{batch}": min(latency_ms(form, example, batch) for form in forms)
