@@ -191,3 +191,77 @@ def test_a_model_that_tracing_would_change_stays_as_it_is():
     assert inline_calls(optional) is optional
     assert isinstance(inline_calls(Counting()), torch.fx.GraphModule)  # without an example
     assert inline_calls(counting, example=torch.randn(2, 4)) is counting
+
+
+def test_sparse_products_pass_transposed_results_only_to_other_products():
+    """Between sparse layers a result stays a transposed view (no copy); what the
+    network returns, or reads otherwise, is contiguous, as nn.Linear's output is."""
+
+    class Viewing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 8)
+
+        def forward(self, x):  # x: [B, 5, 16]
+            h = self.b(torch.relu(self.a(x)))
+            return self.c(h).view(x.shape[0], -1)  # reads c's output's layout
+
+    torch.manual_seed(0)
+    model = Viewing().eval()
+    with torch.no_grad():
+        for layer in (model.a, model.b, model.c):
+            layer.weight.mul_(torch.rand_like(layer.weight) < 0.3)
+    sparse = to_csr(model)
+    products = [n for n in sparse.graph.nodes if n.target is csr_linear]
+    assert [n.kwargs.get("transposed", False) for n in products] == [True, True, False]
+    x = torch.randn(7, 5, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(sparse(x), model(x))
+        assert CSRLinear(model.a)(torch.randn(6, 16)).is_contiguous()
+
+
+def test_csr_form_leaves_dense_what_it_cannot_convert_faithfully():
+    """Subclasses of nn.Linear (their forward may compute more), hooked layers and
+    float16 ones stay dense; a layer called by keyword still works."""
+
+    class Scaled(nn.Linear):
+        def forward(self, input):
+            return 2 * super().forward(input)
+
+    class Keyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = Scaled(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.c(input=self.b(self.a(x)))
+
+    torch.manual_seed(0)
+    model = Keyword()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(torch.rand_like(p) < 0.3)
+    model.b.register_forward_hook(lambda module, args, output: output.clamp(max=0.1))
+    sparse = to_csr(model, inline=False)
+    assert [type(m) for m in (sparse.a, sparse.b, sparse.c)] == [Scaled, nn.Linear, CSRLinear]
+    x = torch.randn(5, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(to_csr(model)(x), model(x))
+    half = to_csr(nn.Sequential(nn.Linear(8, 8)).half().eval(), inline=False)
+    assert type(half[0]) is nn.Linear
+
+
+def test_csr_form_refuses_clearly_what_it_cannot_take():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.rand_like(model[0].weight) < 0.2)
+    model.train()
+    sparse = to_csr(model, inline=False)
+    assert not sparse.training and model.training  # an inference copy; the model as it was
+    with pytest.raises(ValueError, match="8 torch.float32 inputs was given 10"):
+        sparse(torch.randn(7, 10))  # an embedding bag would read the first 8 columns
+    with pytest.raises(TypeError, match="example: a tensor"):
+        to_csr(model, example=(torch.randn(1, 8),))
+    torch.nn.utils.prune.l1_unstructured(model[0], "weight", amount=0.5)
+    with pytest.raises(ValueError, match=r"torch.nn.utils.prune.remove"):
+        to_csr(model)

@@ -8,14 +8,14 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
-from prunelab.inline import inline_calls
+from prunelab.inline import has_hooks, inline_calls
 
 
 def csr_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, columns: torch.Tensor,
-    row_starts: torch.Tensor, values: torch.Tensor,
+    row_starts: torch.Tensor, values: torch.Tensor, transposed: bool = False,
 ) -> torch.Tensor:  # fmt: skip
     """y = x Wᵀ + b for a CSR weight ``W`` (``columns``, ``row_starts`` and ``values`` are
     its parts) and inputs of any leading shape (tokens [B, T, D] are B * T rows).
@@ -23,19 +23,27 @@ def csr_linear(
     One row takes torch's sparse matrix-vector product. Several take an embedding bag:
     row r of ``W xᵀ`` sums ``values * xᵀ[columns]`` over r's slice of the CSR arrays, which
     ``embedding_bag`` computes in one fused kernel, faster than torch's CSR matrix product
-    (``benchmarks/inference.py``: the seed's MLP at batch 256 runs 2.2x faster at 90%
-    sparsity, 1.3x at 99%).
+    (``benchmarks/inference.py``: the seed's MLP at batch 256 runs 2.3x faster at 90%
+    sparsity, 1.3x at 99%). Its result is ``W xᵀ``: with ``transposed`` a [rows, out]
+    view of it is returned, which the next sparse layer reads without a copy; without,
+    a contiguous copy, as ``nn.Linear`` returns.
     """
     if x.shape[0] == 1 and x.dim() == 2:  # one sample: the case where every call counts
         return torch.addmv(bias, weight, x.view(-1)).view(1, -1)
     if x.numel() == x.shape[-1]:  # one row in another shape
         return torch.addmv(bias, weight, x.reshape(-1)).view(*x.shape[:-1], -1)
+    if x.shape[-1] != weight.shape[1] or x.dtype != values.dtype:  # the bag would not say
+        raise ValueError(
+            f"a linear layer of {weight.shape[1]} {values.dtype} inputs was given "
+            f"{x.shape[-1]} {x.dtype} ones (shape {tuple(x.shape)})"
+        )
     rows = x.reshape(-1, x.shape[-1])
     out = F.embedding_bag(columns, rows.T.contiguous(), row_starts, mode="sum",
                           per_sample_weights=values, include_last_offset=True)  # fmt: skip
-    # Bias added in place: the result stays a transposed view, which the next sparse
-    # layer reads as the embedding bag's table without a copy.
-    return out.add_(bias[:, None]).T.reshape(*x.shape[:-1], weight.shape[0])
+    out = out.add_(bias[:, None]).T
+    if not transposed:
+        out = out.contiguous()
+    return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
 class CSRLinear(nn.Module):
@@ -61,40 +69,56 @@ class CSRLinear(nn.Module):
         self.bias = bias if bias is not None else layer.weight.new_zeros(layer.out_features)
 
     def parts(self) -> tuple[torch.Tensor, ...]:
-        """The arguments after ``x`` of ``csr_linear``."""
+        """The arguments after the input of ``csr_linear``."""
         w = self.weight
         return w, self.bias, w.col_indices(), w.crow_indices(), w.values()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return csr_linear(x, *self.parts())
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's name, for keywords
+        return csr_linear(input, *self.parts())
 
 
 # Modules whose fused inference kernel (or functional call) reads their Linear layers'
 # weights as dense tensors.
 FUSED = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
+# Weight types torch's CPU sparse matrix-vector product takes.
+DTYPES = (torch.float32, torch.float64)
 
 
 def to_csr(
     model: nn.Module, max_density: float = 0.5, *, inline: bool = True,
     example: torch.Tensor | None = None,
 ) -> nn.Module:  # fmt: skip
-    """A copy of the network for CPU inference with each mostly-zero linear layer's
-    weight in CSR form; denser layers (the dense logits layer, say) stay dense, where they
-    are faster, and so do the layers of a module with a fused kernel (``FUSED``).
+    """A copy of the network for CPU inference, in eval mode, with each mostly-zero
+    linear layer's weight in CSR form.
+
+    Denser layers (the dense logits layer, say) stay dense, where they are faster, and
+    so do the layers of a module with a fused kernel (``FUSED``), subclasses of
+    ``nn.Linear`` (their forward may compute more), layers with hooks, and float16 and
+    bfloat16 ones (torch has no CPU sparse kernel for them).
 
     With ``inline``, where ``torch.fx`` can trace the network, the copy is a traced graph
-    that calls the layers' functions directly (``prunelab.inline``; checked against the
-    network on ``example`` where one is given): at batch 1 a 99%-sparse layer's product
-    takes a few microseconds, about what calling a module costs. Without, or where it
-    cannot be traced, it is the network with its layers replaced by ``CSRLinear`` modules.
+    that calls the layers' functions directly (``prunelab.inline``; its outputs checked
+    against the copy's modules on ``example`` where one is given): at batch 1 a
+    99%-sparse layer's product takes a few microseconds, about what calling a module
+    costs. Without, or where it cannot be traced, the layers are ``CSRLinear`` modules.
     """
-    sparse = copy.deepcopy(model)
+    if example is not None and not isinstance(example, torch.Tensor):
+        raise TypeError(f"example: a tensor, the network's one input, not {type(example)}")
+    try:
+        sparse = copy.deepcopy(model).eval()
+    except RuntimeError as err:  # what torch.nn.utils.prune's reparametrization leaves
+        raise ValueError(
+            f"cannot copy the model ({err}); a model pruned with torch.nn.utils.prune "
+            "copies once its masks are made permanent (torch.nn.utils.prune.remove)"
+        ) from err
     fused = {f"{n}.{c}" if n else c for n, m in sparse.named_modules() if isinstance(m, FUSED)
              for c, _ in m.named_modules() if c}  # fmt: skip
     for name, module in list(sparse.named_modules()):
         if (
-            isinstance(module, nn.Linear)
+            type(module) is nn.Linear
             and name not in fused
+            and module.weight.dtype in DTYPES
+            and not has_hooks(module)
             and float((module.weight != 0).float().mean()) <= max_density
         ):
             if not name:
@@ -103,4 +127,30 @@ def to_csr(
             setattr(sparse.get_submodule(parent), child, CSRLinear(module))
     if not inline:
         return sparse
-    return inline_calls(sparse, {CSRLinear: lambda m: (csr_linear, m.parts())}, example)
+    traced = inline_calls(sparse, {CSRLinear: lambda m: (csr_linear, m.parts())}, example)
+    if isinstance(traced, fx.GraphModule):
+        _pass_transposed(traced)
+    return traced
+
+
+# Calls that read a [rows, features] tensor in any layout and return a new one.
+_READ_ANY_LAYOUT = (csr_linear, F.linear)
+# Calls whose result has their input's layout.
+_KEEP_LAYOUT = (torch.relu, torch.relu_)
+
+
+def _pass_transposed(traced: fx.GraphModule) -> None:
+    """Let each sparse product whose result reaches only other products (through
+    activations) return it transposed, saving the copy ``nn.Linear``'s layout costs."""
+
+    def layout_free(node: fx.Node) -> bool:
+        return bool(node.users) and all(
+            (user.target in _READ_ANY_LAYOUT and user.args[0] is node)
+            or (user.target in _KEEP_LAYOUT and layout_free(user))
+            for user in node.users
+        )
+
+    for node in traced.graph.nodes:
+        if node.target is csr_linear and layout_free(node):
+            node.kwargs = {**node.kwargs, "transposed": True}
+    traced.recompile()

@@ -72,7 +72,7 @@ def inline_calls(
     for node in list(graph.nodes):
         module = traced.get_submodule(node.target) if node.op == "call_module" else None
         rule = rules.get(type(module))
-        if rule is None or len(node.args) != 1 or node.kwargs or _hooked(module):
+        if rule is None or len(node.args) != 1 or node.kwargs or has_hooks(module):
             continue
         function, extra = rule(module)
         if function is None:
@@ -98,7 +98,8 @@ def _one_input(model: nn.Module) -> bool:
     return [p.kind for p in parameters] == [inspect.Parameter.POSITIONAL_OR_KEYWORD]
 
 
-def _hooked(module: nn.Module) -> bool:
+def has_hooks(module: nn.Module) -> bool:
+    """Whether forward hooks are registered on ``module`` (they run only if it is called)."""
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
