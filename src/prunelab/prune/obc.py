@@ -70,6 +70,7 @@ def _greedy_chunk(w, h_inv, remove, group, pattern, buffer):
     a = h_inv.expand(rows, d, d)
     w = w.clone()
     gone = torch.zeros_like(w, dtype=torch.bool)
+    left = None  # with an N:M pattern, the weights each group keeps
     if group is not None:
         group = group.expand(rows, d)
         left = torch.full((rows, d // pattern.m), pattern.m, device=w.device)
@@ -79,39 +80,17 @@ def _greedy_chunk(w, h_inv, remove, group, pattern, buffer):
         m = w.shape[1]
         diag = a.diagonal(dim1=1, dim2=2).masked_fill(gone, 1.0)
         penalty = torch.zeros_like(w).masked_fill_(gone, float("inf"))
-        u = torch.empty(rows, block, m, dtype=w.dtype, device=w.device)  # filled step by step
         # Row q of each row's inverse, read as rows of one matrix (index_select is faster
         # than an advanced index): the shared inverse's, or those of the buffer.
         shared = a.data_ptr() != buffer.data_ptr()
         rows_of = h_inv if shared else a.view(rows * m, m)
-        offsets = 0 if shared else at * m
-        pivots = []
-        for t in range(block):
-            score = torch.addcmul(penalty, w, w / diag)
-            if group is not None:
-                score.masked_fill_(left.gather(1, group) <= pattern.n, float("inf"))
-            q = score.argmin(1, keepdim=True)
-            qi = q.view(rows)
-            a_q = rows_of.index_select(0, qi + offsets).unsqueeze(1)
-            column = torch.baddbmm(a_q, u[at, :t, qi].unsqueeze(1), u[:, :t], alpha=-1).squeeze(1)
-            pivot = column.gather(1, q)
-            pivots.append(pivot)
-            w.addcmul_(w.gather(1, q).div_(pivot), column, value=-1)
-            u_t = torch.mul(column, pivot.rsqrt(), out=u[:, t])
-            diag.addcmul_(u_t, u_t, value=-1).scatter_(1, q, 1.0)
-            penalty.scatter_(1, q, float("inf"))
-            if group is not None:
-                left[at, group[at, qi]] -= 1
-        # A pivot <= 0 (H too ill-conditioned for float32) or a non-finite column, which
-        # every kept weight's correction would carry into w: checking u itself costs more.
-        pivots = torch.cat(pivots, 1)
-        if not ((pivots > 0).all() and torch.isfinite(pivots).all() and torch.isfinite(w).all()):
-            raise torch.linalg.LinAlgError("a pivot of the inverse Hessian fell to zero or below")
+        u = _remove_block(w, rows_of, 0 if shared else at * m, diag, penalty, block,
+                          group, left, pattern)  # fmt: skip
         done += block
         gone = penalty > 0
         kept = d - done
         if kept > COMPACT * m and done < remove:
-            if a.data_ptr() == buffer.data_ptr():
+            if not shared:
                 a.baddbmm_(u.transpose(1, 2), u, alpha=-1)
             else:  # the first update: from the shared inverse into the buffer
                 a = torch.baddbmm(a, u.transpose(1, 2), u, alpha=-1,
@@ -126,6 +105,38 @@ def _greedy_chunk(w, h_inv, remove, group, pattern, buffer):
         if group is not None:
             group = group.gather(1, sel)
     return columns
+
+
+def _remove_block(w, rows_of, offsets, diag, penalty, block, group, left, pattern):
+    """Remove ``block`` more weights from each row of ``w``, one at a time, correcting
+    ``w`` and downdating ``diag`` (the inverses' diagonals) in place; return U, whose
+    columns are the downdates: the rows' inverses are now A - U U^T."""
+    rows, m = w.shape
+    at = torch.arange(rows, device=w.device)
+    u = torch.empty(rows, block, m, dtype=w.dtype, device=w.device)  # filled step by step
+    pivots = []
+    for t in range(block):
+        score = torch.addcmul(penalty, w, w / diag)
+        if group is not None:
+            score.masked_fill_(left.gather(1, group) <= pattern.n, float("inf"))
+        q = score.argmin(1, keepdim=True)
+        qi = q.view(rows)
+        a_q = rows_of.index_select(0, qi + offsets).unsqueeze(1)
+        column = torch.baddbmm(a_q, u[at, :t, qi].unsqueeze(1), u[:, :t], alpha=-1).squeeze(1)
+        pivot = column.gather(1, q)
+        pivots.append(pivot)
+        w.addcmul_(w.gather(1, q).div_(pivot), column, value=-1)
+        u_t = torch.mul(column, pivot.rsqrt(), out=u[:, t])
+        diag.addcmul_(u_t, u_t, value=-1).scatter_(1, q, 1.0)
+        penalty.scatter_(1, q, float("inf"))
+        if group is not None:
+            left[at, group[at, qi]] -= 1
+    # A pivot <= 0 (H too ill-conditioned for float32) or a non-finite column, which
+    # every kept weight's correction would carry into w: checking u itself costs more.
+    pivots = torch.cat(pivots, 1)
+    if not ((pivots > 0).all() and torch.isfinite(pivots).all() and torch.isfinite(w).all()):
+        raise torch.linalg.LinAlgError("a pivot of the inverse Hessian fell to zero or below")
+    return u
 
 
 def _compacted(a: torch.Tensor, sel: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
