@@ -61,11 +61,11 @@ class ScipyLinear(nn.Module):
 
 class SparseProductLinear(nn.Module):
     """A CSR layer multiplied by torch's sparse matrix products, its weight in CSR or in
-    a blocked format (``layout`` converts the dense weight)."""
+    another format (``layout`` converts the CSR weight)."""
 
     def __init__(self, layer: CSRLinear, layout: Callable[[torch.Tensor], torch.Tensor]):
         super().__init__()
-        self.weight = layout(layer.weight.to_dense())
+        self.weight = layout(layer.weight)
         self.bias = layer.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,13 +73,6 @@ class SparseProductLinear(nn.Module):
         if rows.shape[0] == 1:
             return torch.addmv(self.bias, self.weight, rows[0]).unsqueeze(0)
         return torch.addmm(self.bias[:, None], self.weight, rows.T).T
-
-
-def int32_csr(dense: torch.Tensor) -> torch.Tensor:
-    """CSR with int32 indices, which torch does not convert on every call."""
-    csr = dense.to_sparse_csr()
-    return torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(),
-                                   csr.values(), csr.shape)  # fmt: skip
 
 
 def csr_layers_as(layer: Callable[[CSRLinear], nn.Module]) -> Callable[[nn.Module], nn.Module]:
@@ -110,10 +103,10 @@ DENSE_RUNTIMES = {"eager": lambda m: m, "torch.compile": compiled, "onnxruntime"
 SPARSE_RUNTIMES = {
     "prunelab.to_csr": lambda m: to_csr(m, example=EXAMPLE),
     "CSRLinear modules": lambda m: to_csr(m, inline=False),
-    "torch CSR product": csr_layers_as(lambda m: SparseProductLinear(m, int32_csr)),
+    "torch CSR product": csr_layers_as(lambda m: SparseProductLinear(m, lambda w: w)),
     "scipy CSR": csr_layers_as(ScipyLinear),
     "torch BSR 2x2": csr_layers_as(
-        lambda m: SparseProductLinear(m, lambda w: w.to_sparse_bsr((2, 2)))
+        lambda m: SparseProductLinear(m, lambda w: w.to_dense().to_sparse_bsr((2, 2)))
     ),
 }
 COLUMNS = [*DENSE_RUNTIMES, *SPARSE_RUNTIMES]
