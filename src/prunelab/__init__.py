@@ -23,6 +23,7 @@ from prunelab.onnx_format import save_onnx
 from prunelab.prune import Masks, PruneMethod, prune
 from prunelab.report import write_report
 from prunelab.schedules import Schedule
+from prunelab.semi_structured import to_semi_structured
 from prunelab.study import StudyResult, run_study
 from prunelab.study_config import RunOptions, Start, StudyConfig, configure
 from prunelab.train import TrainConfig
@@ -58,5 +59,6 @@ __all__ = [
     "save_onnx",
     "save_sparse",
     "to_csr",
+    "to_semi_structured",
     "write_report",
 ]
