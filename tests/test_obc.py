@@ -85,6 +85,50 @@ def test_exact_obc_keeps_n_of_every_m_as_the_paper_would(pattern):
     assert torch.equal(keep, paper_obc(w, h, 24 // pattern.m * (pattern.m - pattern.n), pattern))
 
 
+def problem_with_zero_inputs(zero=(0, 5, 6, 17, 23), loud=(), seed=6):
+    """``problem``, with the inputs ``zero`` at zero on all the data (their rows of H^-1
+    are zero off the diagonal), the weights ``loud`` of each row scaled 10x (their
+    scores come late) and a few weights at zero (scores tied at 0)."""
+    g = torch.Generator().manual_seed(seed)
+    w, h = problem(rows=6, seed=seed)
+    zero = torch.tensor(zero)
+    h[zero] = 0
+    h[:, zero] = 0
+    h[zero, zero] = 0.01 * torch.rand(len(zero), generator=g, dtype=torch.float64) + 0.005
+    w[:, list(loud)] *= 10
+    w[torch.rand(w.shape, generator=g) < 0.1] = 0
+    w[0, [0, 1, 2]] = 0  # tied at 0: the uncoupled 0 goes first, then 1 and 2
+    w[1, [3, 5, 6]] = 0  # the coupled 3 first
+    return w, h
+
+
+@pytest.mark.parametrize("loud", [(), (5, 17, 23), (0, 5, 6, 17, 23)])
+@pytest.mark.parametrize("block,compact", [(64, 0.75), (3, 1.0)])
+def test_exact_obc_with_uncoupled_inputs_chooses_as_the_paper_does(monkeypatch, loud, block,
+                                                                    compact):  # fmt: skip
+    """Inputs at zero on all the data are set apart (the greedy runs on the others) and
+    merged back by score: the same choices, whether they go first or last."""
+    monkeypatch.setattr(obc, "BLOCK", block)
+    monkeypatch.setattr(obc, "COMPACT", compact)
+    w, h = problem_with_zero_inputs(loud=loud)
+    h_inv = torch.linalg.inv(h)
+    assert obc._uncoupled(h_inv).sum() == 5
+    for remove in (0, 1, 2, 4, 9, 19, 21, 24):
+        keep = obc.greedy_keep(w, h_inv, remove)
+        assert torch.equal(keep, paper_obc(w, h, remove)), remove
+
+
+def test_uncoupled_inputs_make_exact_obc_cheaper_not_different(monkeypatch):
+    """Against the greedy over all inputs (no input set apart) on a problem where the
+    uncoupled weights' scores fall among the others'."""
+    w, h = problem_with_zero_inputs(loud=(5, 23), seed=7)
+    h_inv = torch.linalg.inv(h)
+    expected = {r: obc.greedy_keep(w, h_inv, r) for r in (7, 15, 22)}
+    monkeypatch.setattr(obc, "_uncoupled", lambda h_inv: torch.zeros(len(h_inv), dtype=bool))
+    for remove, keep in expected.items():
+        assert torch.equal(keep, obc.greedy_keep(w, h_inv, remove)), remove
+
+
 @pytest.mark.parametrize("size", [1, 3])
 def test_exact_unit_obc_equals_the_inverse_recomputed_after_every_unit(size):
     """Downdating one shared inverse gives the units that recomputing (H_KK)^-1 from
