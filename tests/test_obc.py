@@ -129,6 +129,19 @@ def test_uncoupled_inputs_make_exact_obc_cheaper_not_different(monkeypatch):
         assert torch.equal(keep, obc.greedy_keep(w, h_inv, remove)), remove
 
 
+def test_exact_obc_of_inputs_all_uncoupled_is_the_paper_s():
+    """One-hot inputs make H diagonal: nothing is left to the coupled greedy."""
+    w, _ = problem(rows=4, seed=8)
+    h = torch.diag(torch.rand(24, dtype=torch.float64) + 0.1)
+    h_inv = torch.linalg.inv(h)
+    assert obc._uncoupled(h_inv).all()
+    for remove in (0, 5, 24):
+        assert torch.equal(obc.greedy_keep(w, h_inv, remove), paper_obc(w, h, remove))
+    h_inv[2, 2] = -h_inv[2, 2]
+    with pytest.raises(torch.linalg.LinAlgError, match="pivot"):
+        obc.greedy_keep(w, h_inv, 5)
+
+
 @pytest.mark.parametrize("size", [1, 3])
 def test_exact_unit_obc_equals_the_inverse_recomputed_after_every_unit(size):
     """Downdating one shared inverse gives the units that recomputing (H_KK)^-1 from

@@ -9,7 +9,9 @@ memory-bound steps. Here the downdates are gathered: the last ``BLOCK`` removals
 the columns of U (the current inverse is A - U U^T, and its column q costs one small
 product), and every ``BLOCK`` removals A takes them all in one batched matrix
 product, which runs near the CPU's peak. A row's A shrinks to its kept places now
-and then (``COMPACT``), so the work per row is about d^3 / 3 multiply-adds.
+and then (``COMPACT``), so the work per row is about d^3 / 3 multiply-adds, d
+counting only the inputs that are not zero on all the calibration data: those are
+set apart and merged back by score (``_keep_uncoupled_apart``).
 
 Units are simpler: every row loses the same columns, so one inverse serves all rows
 (``greedy_units``).
@@ -79,13 +81,17 @@ def _keep_uncoupled_apart(w, h_inv, remove, alone):
     cost falls with the cube of the inputs left: the default study's first layer reads
     180 always-zero pixels of its 784.
     """
-    rows, d = w.shape
     coupled, alone = (~alone).nonzero()[:, 0], alone.nonzero()[:, 0]
     steps = min(remove, len(coupled))
-    order, picked = _greedy(w[:, coupled], h_inv[coupled][:, coupled], steps, None, None)
-    order = coupled[order]
+    order, picked = w.new_empty(len(w), 0, dtype=torch.long), w.new_empty(len(w), 0, dtype=DTYPE)
+    if steps:
+        order, picked = _greedy(w[:, coupled], h_inv[coupled][:, coupled], steps, None, None)
+        order = coupled[order]
+    pivots = h_inv.diagonal()[alone].to(DTYPE)
+    if not (pivots > 0).all():
+        raise torch.linalg.LinAlgError("a pivot of the inverse Hessian is zero or below")
     w_alone = w[:, alone].to(DTYPE)  # scores as the full greedy computes them
-    scores = w_alone * (w_alone / h_inv.diagonal()[alone].to(DTYPE))
+    scores = w_alone * (w_alone / pivots)
     alone_keys, rank = _keys(scores, alone.expand_as(scores)).sort(1)
     # the uncoupled weights taken before each coupled removal, and so each one's place
     before = torch.searchsorted(alone_keys, _keys(picked, order).cummax(1).values)
