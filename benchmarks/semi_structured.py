@@ -44,7 +44,8 @@ def main() -> None:
                          "capability 8.0 or newer); torch sees none")  # fmt: skip
     dtype = getattr(torch, args.dtype)
     batches = [int(b) for b in args.batches.split(",")]
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, {backend().__name__}, "
+    kind = backend(torch.device("cuda"))
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, {kind.__name__}, "
           f"{args.dtype}")  # fmt: skip
     print("| model | 2:4 layers | batch | dense ms | 2:4 ms | speed-up |")
     print("|---|---:|---:|---:|---:|---:|")

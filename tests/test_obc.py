@@ -61,7 +61,7 @@ def test_exact_obc_chooses_as_the_paper_does(monkeypatch, block, compact):
 def test_exact_obc_in_row_chunks_chooses_the_same(monkeypatch):
     w, h = problem(rows=7)
     expected = obc.greedy_keep(w, torch.linalg.inv(h), 17)
-    monkeypatch.setattr(obc, "MEMORY", 3 * 24 * 24 * 4)  # three rows at a time
+    monkeypatch.setattr(obc, "MEMORY", 3 * 32 * 32 * 4)  # 3 rows at a time (24 inputs: 32 wide)
     assert torch.equal(obc.greedy_keep(w, torch.linalg.inv(h), 17), expected)
 
 
@@ -138,6 +138,10 @@ def test_exact_obc_of_inputs_all_uncoupled_is_the_paper_s():
     for remove in (0, 5, 24):
         assert torch.equal(obc.greedy_keep(w, h_inv, remove), paper_obc(w, h, remove))
     h_inv[2, 2] = -h_inv[2, 2]
+    with pytest.raises(torch.linalg.LinAlgError, match="pivot"):
+        obc.greedy_keep(w, h_inv, 5)
+    h_inv[2, 2] = -h_inv[2, 2]
+    w[1, 3] = float("nan")  # as the greedy over all inputs says of it
     with pytest.raises(torch.linalg.LinAlgError, match="pivot"):
         obc.greedy_keep(w, h_inv, 5)
 

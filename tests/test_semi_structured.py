@@ -15,17 +15,19 @@ from torch.sparse._semi_structured_conversions import (
 from prunelab import prune
 from prunelab.semi_structured import SemiStructuredLinear, is_2to4, to_semi_structured
 
+pytestmark = pytest.mark.filterwarnings("ignore:The PyTorch API of SparseSemiStructuredTensor")
 
-class CheckedDense:
-    """torch's CUTLASS semi-structured class as the conversion sees it, on the CPU: the
-    weight must be whole tiles and survive compression to torch's 2:4 format unchanged;
-    the layer then multiplies by it densely."""
 
-    _DTYPE_SHAPE_CONSTRAINTS = SparseSemiStructuredTensorCUTLASS._DTYPE_SHAPE_CONSTRAINTS
+class CutlassOnCpu(SparseSemiStructuredTensorCUTLASS):
+    """torch's CUTLASS 2:4 tensor with only its CUDA kernel replaced, so that torch's own
+    dispatch (``nn.Parameter``, ``F.linear``, ``addmm``, transposes) runs as on a GPU: the
+    weight must be whole tiles, is compressed by torch's converter (which runs on any
+    device) and must come back unchanged; products decompress it."""
+
     given: list[torch.Tensor] = []
 
     @classmethod
-    def from_dense(cls, weight: torch.Tensor) -> torch.Tensor:
+    def from_dense(cls, weight: torch.Tensor) -> "CutlassOnCpu":
         limits = cls._DTYPE_SHAPE_CONSTRAINTS[weight.dtype]
         assert weight.is_contiguous()
         assert weight.shape[0] % limits.sparse_min_rows == 0
@@ -33,7 +35,16 @@ class CheckedDense:
         packed, meta = sparse_semi_structured_from_dense_cutlass(weight)
         assert torch.equal(sparse_semi_structured_to_dense_cutlass(packed, meta), weight)
         cls.given.append(weight)
-        return weight
+        return cls(weight.shape, packed=packed, meta=meta, packed_t=None, meta_t=None,
+                   compressed_swizzled_bitmask=None)  # fmt: skip
+
+    def _mm(self, dense, *, bias=None, should_transpose_dense=False, **kwargs):
+        """W @ dense (+ bias per row of W), or (W @ dense^T)^T, as the CUDA kernels do."""
+        weight = sparse_semi_structured_to_dense_cutlass(self.packed, self.meta)
+        out = weight @ (dense.t() if should_transpose_dense else dense)
+        if bias is not None:
+            out = out + bias[:, None]
+        return out.t() if should_transpose_dense else out
 
 
 def pruned_2to4(*sizes: int, bias: bool = True) -> nn.Sequential:
@@ -62,16 +73,16 @@ def test_2to4_is_counted_per_group_of_4_consecutive_inputs():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_padded_layers_compute_what_the_pruned_ones_do(bias, dtype):
     model = pruned_2to4(784, 1000, 12, 3, bias=bias).to(dtype)
-    CheckedDense.given = []
-    sparse = to_semi_structured(model, CheckedDense)
-    limits = CheckedDense._DTYPE_SHAPE_CONSTRAINTS[dtype]
-    assert [tuple(w.shape) for w in CheckedDense.given] == [
+    CutlassOnCpu.given = []
+    sparse = to_semi_structured(model, CutlassOnCpu)
+    limits = CutlassOnCpu._DTYPE_SHAPE_CONSTRAINTS[dtype]
+    assert [tuple(w.shape) for w in CutlassOnCpu.given] == [
         (_up(1000, limits.sparse_min_rows), _up(784, limits.sparse_min_cols)),
         (_up(12, limits.sparse_min_rows), _up(1000, limits.sparse_min_cols)),
         (_up(3, limits.sparse_min_rows), _up(12, limits.sparse_min_cols)),
     ]
-    assert all(isinstance(sparse[i], SemiStructuredLinear) for i in (0, 2, 4))
-    assert not sparse.training and model.training  # a copy, for inference
+    assert all(isinstance(sparse[i].weight, CutlassOnCpu) for i in (0, 2, 4))
+    assert not any(m.training for m in sparse.modules()) and model.training  # a copy
     x = torch.randn(5, 784).to(dtype)
     expected = model(x).float()
     tol = 2e-2
@@ -85,29 +96,36 @@ def test_padded_layers_compute_what_the_pruned_ones_do(bias, dtype):
 def test_only_2to4_linear_layers_of_a_supported_dtype_are_converted():
     model = pruned_2to4(64, 32, 8).half()
     model.append(nn.Linear(8, 4).half())  # dense
-    sparse = to_semi_structured(model, CheckedDense)
+    sparse = to_semi_structured(model, CutlassOnCpu)
     assert [type(m).__name__ for m in sparse] == ["SemiStructuredLinear", "ReLU",
                                                   "SemiStructuredLinear", "Linear"]  # fmt: skip
-    assert type(to_semi_structured(model[0], CheckedDense)) is SemiStructuredLinear
+    assert type(to_semi_structured(model[0], CutlassOnCpu)) is SemiStructuredLinear
+    x = torch.randn(3, 2, 64).half().transpose(0, 1)  # whole tiles wide, not contiguous
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), model(x), atol=2e-2, rtol=2e-2)
 
 
 def test_what_cannot_run_2to4_is_said_clearly():
     dense = nn.Sequential(nn.Linear(8, 4).half())
     with pytest.raises(ValueError, match="no nn.Linear layer of the model is 2:4 sparse"):
-        to_semi_structured(dense, CheckedDense)
+        to_semi_structured(dense, CutlassOnCpu)
     with pytest.raises(ValueError, match="prune it 2:4 first"):
-        SemiStructuredLinear(dense[0], CheckedDense)
+        SemiStructuredLinear(dense[0], CutlassOnCpu)
     with pytest.raises(ValueError, match="not torch.float32"):
-        SemiStructuredLinear(pruned_2to4(8, 4)[0], CheckedDense)  # 1:2 sparse kernels
+        SemiStructuredLinear(pruned_2to4(8, 4)[0], CutlassOnCpu)  # 1:2 sparse kernels
     if not torch.cuda.is_available():  # torch's own classes refuse CPU tensors
         with pytest.raises(ValueError, match="CUDA GPUs"):
             to_semi_structured(pruned_2to4(64, 32).half())
 
 
-@pytest.mark.skipif(
-    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
-    reason="2:4 sparse tensor cores: a CUDA GPU of compute capability 8.0 or newer",
-)
+def runs_2to4() -> bool:
+    """A GPU with sparse tensor cores that this torch has 2:4 kernels for."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
+        return False
+    return torch.backends.cusparselt.is_available() or torch.cuda.get_device_capability()[0] == 8
+
+
+@pytest.mark.skipif(not runs_2to4(), reason="needs a GPU that torch runs 2:4 kernels on")
 def test_on_a_gpu_the_2to4_model_computes_the_dense_one():
     model = pruned_2to4(784, 1000, 500, 10).half().cuda()
     sparse = to_semi_structured(model)

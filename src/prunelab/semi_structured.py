@@ -19,11 +19,17 @@ from prunelab.inline import has_hooks
 DTYPES = (torch.float16, torch.bfloat16)  # float32 runs 1:2 sparse (as TF32), not 2:4
 
 
-def backend() -> type:
-    """torch's semi-structured tensor class for this build: cuSPARSELt's where there is
-    one (it takes smaller shapes), CUTLASS's otherwise."""
+def backend(device: torch.device | None = None) -> type:
+    """torch's semi-structured tensor class for a GPU: cuSPARSELt's where torch was built
+    with it (it takes smaller tiles), CUTLASS's otherwise, whose kernels torch builds for
+    compute capability 8.x only (a ValueError for another ``device``)."""
     if torch.backends.cusparselt.is_available():
         return SparseSemiStructuredTensorCUSPARSELT
+    if device is not None and device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if major != 8:
+            raise ValueError(f"this torch has no cuSPARSELt, and its CUTLASS 2:4 kernels run "
+                             f"on compute capability 8.x: {device} is {major}.{minor}")  # fmt: skip
     return SparseSemiStructuredTensorCUTLASS
 
 
@@ -46,7 +52,7 @@ class SemiStructuredLinear(nn.Module):
 
     def __init__(self, layer: nn.Linear, kind: type | None = None):
         super().__init__()
-        kind = kind or backend()
+        kind = kind or backend(layer.weight.device)
         weight = layer.weight.detach()
         if weight.dtype not in DTYPES:
             raise ValueError(f"2:4 sparse kernels take float16 or bfloat16 weights, not "
@@ -81,15 +87,15 @@ def to_semi_structured(model: nn.Module, kind: type | None = None) -> nn.Module:
 
     The model must be on the GPU in float16 or bfloat16 already (``model.half().cuda()``);
     other layers, subclasses of ``nn.Linear`` and layers with hooks stay as they are.
-    ``kind`` is torch's tensor class to use (default: ``backend()``).
+    ``kind`` is torch's tensor class to use (default: ``backend``'s for the model's GPU).
     """
-    kind = kind or backend()
     chosen = [name for name, m in model.named_modules()
               if type(m) is nn.Linear and not has_hooks(m)
               and m.weight.dtype in DTYPES and is_2to4(m.weight)]  # fmt: skip
     if not chosen:
         raise ValueError("no nn.Linear layer of the model is 2:4 sparse in float16 or bfloat16: "
                          "prune with weight:CRITERION@2:4 and call model.half()")  # fmt: skip
+    kind = kind or backend(model.get_submodule(chosen[0]).weight.device)
     sparse = copy.deepcopy(model).eval()
     for name in chosen:
         try:
@@ -99,10 +105,10 @@ def to_semi_structured(model: nn.Module, kind: type | None = None) -> nn.Module:
                              "on CUDA GPUs of compute capability 8.0 and newer: "
                              "model.half().cuda()") from err  # fmt: skip
         if not name:
-            return layer
+            return layer.eval()
         parent, _, child = name.rpartition(".")
         setattr(sparse.get_submodule(parent), child, layer)
-    return sparse
+    return sparse.eval()
 
 
 def _whole(size: int, tile: int) -> int:

@@ -50,6 +50,8 @@ def greedy_keep(
     """
     rows, d = w.shape
     group = None
+    if rows == 0:
+        return torch.ones_like(w, dtype=torch.bool)
     if pattern is not None:
         group = torch.empty(d, dtype=torch.long, device=w.device)
         group[pattern.columns(shape).to(w.device)] = torch.arange(d, device=w.device) // pattern.m
@@ -63,11 +65,13 @@ def greedy_keep(
 
 
 def _uncoupled(h_inv: torch.Tensor) -> torch.Tensor:
-    """The inputs whose row of the inverse Hessian is zero off the diagonal: inputs that
+    """The inputs whose row and column of the inverse Hessian are zero off the diagonal:
+    inputs that
     are zero on all the calibration data (an image's border, a dead ReLU) give such a
     row, and torch's inverse keeps those zeros exact."""
-    off = h_inv.ne(0).sum(1) - h_inv.diagonal().ne(0).long()
-    return off == 0
+    off = h_inv.ne(0)
+    off.diagonal().zero_()
+    return ~(off.any(0) | off.any(1))
 
 
 def _keep_uncoupled_apart(w, h_inv, remove, alone):
@@ -88,9 +92,9 @@ def _keep_uncoupled_apart(w, h_inv, remove, alone):
         order, picked = _greedy(w[:, coupled], h_inv[coupled][:, coupled], steps, None, None)
         order = coupled[order]
     pivots = h_inv.diagonal()[alone].to(DTYPE)
-    if not (pivots > 0).all():
-        raise torch.linalg.LinAlgError("a pivot of the inverse Hessian is zero or below")
     w_alone = w[:, alone].to(DTYPE)  # scores as the full greedy computes them
+    if not ((pivots > 0).all() and torch.isfinite(pivots).all() and torch.isfinite(w_alone).all()):
+        raise torch.linalg.LinAlgError("a pivot of the inverse Hessian fell to zero or below")
     scores = w_alone * (w_alone / pivots)
     alone_keys, rank = _keys(scores, alone.expand_as(scores)).sort(1)
     # the uncoupled weights taken before each coupled removal, and so each one's place
@@ -105,8 +109,9 @@ def _keep_uncoupled_apart(w, h_inv, remove, alone):
 
 def _keys(scores: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """(score, column) as one int64 that orders as argmin does: a non-negative float32's
-    bits order as its value (+ 0.0 turns -0.0 into 0.0), the column breaks ties."""
-    bits = (scores + 0.0).contiguous().view(torch.int32).long()
+    bits order as its value (a score, w * (w / pivot) with pivot > 0, is never -0.0),
+    and the column breaks ties."""
+    bits = scores.float().contiguous().view(torch.int32).long()
     return bits << 32 | columns
 
 
