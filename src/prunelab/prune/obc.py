@@ -66,9 +66,8 @@ def greedy_keep(
 
 def _uncoupled(h_inv: torch.Tensor) -> torch.Tensor:
     """The inputs whose row and column of the inverse Hessian are zero off the diagonal:
-    inputs that
-    are zero on all the calibration data (an image's border, a dead ReLU) give such a
-    row, and torch's inverse keeps those zeros exact."""
+    inputs that are zero on all the calibration data (an image's border, a dead ReLU)
+    give such a row and column, and torch's inverse keeps those zeros exact."""
     off = h_inv.ne(0)
     off.diagonal().zero_()
     return ~(off.any(0) | off.any(1))
