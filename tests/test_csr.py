@@ -258,10 +258,39 @@ def test_csr_form_refuses_clearly_what_it_cannot_take():
     model.train()
     sparse = to_csr(model, inline=False)
     assert not sparse.training and model.training  # an inference copy; the model as it was
-    with pytest.raises(ValueError, match="8 torch.float32 inputs was given 10"):
-        sparse(torch.randn(7, 10))  # an embedding bag would read the first 8 columns
+    for shape in [(7, 10), (1, 10), (10,), (1, 1, 10)]:  # an embedding bag, a vector product
+        with pytest.raises(ValueError, match="8 torch.float32 inputs was given 10"):
+            sparse(torch.randn(shape))  # the bag would read the first 8 columns
+    for max_density in (-1, 2.0, float("nan")):
+        with pytest.raises(ValueError, match="max_density: a fraction of nonzero weights"):
+            to_csr(model, max_density)
     with pytest.raises(TypeError, match="example: a tensor"):
         to_csr(model, example=(torch.randn(1, 8),))
     torch.nn.utils.prune.l1_unstructured(model[0], "weight", amount=0.5)
     with pytest.raises(ValueError, match=r"torch.nn.utils.prune.remove"):
         to_csr(model)
+
+
+def test_an_example_the_model_cannot_run_is_refused_without_printing_a_traceback(capfd):
+    """Where the model fails on the example, an error, not modules returned in silence;
+    where only the graph fails, the modules, but no traceback fx prints (here a tensor
+    whose shape a count kept in Python sets, fixed by tracing)."""
+
+    class Growing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer, self.calls = nn.Linear(4, 3), 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.layer(x) + torch.ones(self.calls)
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))  # dense first
+    with torch.no_grad():
+        model[2].weight.mul_(torch.rand_like(model[2].weight) < 0.2)
+    error = r"example: does not run through the model \(RuntimeError: mat1 and mat2 shapes"
+    with pytest.raises(ValueError, match=error):
+        to_csr(model, example=torch.randn(2, 5))
+    growing = Growing()
+    assert inline_calls(growing, example=torch.randn(2, 4)) is growing
+    assert capfd.readouterr().err == ""

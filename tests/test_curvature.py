@@ -26,8 +26,18 @@ def tiny_cnn() -> nn.Module:
     ).double()  # fmt: skip
 
 
+def tiny_cnn1d() -> nn.Module:
+    """Padding, stride and dilation: its patches are a Conv2d's of height 1."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv1d(2, 3, 3, padding=2, dilation=2), nn.ReLU(), nn.Conv1d(3, 2, 2, stride=2),
+        nn.ReLU(), nn.Flatten(), nn.Linear(2 * 3, 3),
+    ).double()  # fmt: skip
+
+
 def layers_of(model):
-    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}  # fmt: skip
 
 
 def exact_gauss_newton_diagonal(model, x):
@@ -49,7 +59,11 @@ def exact_gauss_newton_diagonal(model, x):
 
 @pytest.mark.parametrize(
     "build, x",
-    [(tiny_mlp, torch.randn(30, 5).double()), (tiny_cnn, torch.randn(20, 2, 6, 6).double())],
+    [
+        (tiny_mlp, torch.randn(30, 5).double()),
+        (tiny_cnn, torch.randn(20, 2, 6, 6).double()),
+        (tiny_cnn1d, torch.randn(20, 2, 7).double()),
+    ],
 )
 def test_gauss_newton_diagonal_matches_per_sample_jacobians(build, x):
     model = build()

@@ -27,8 +27,8 @@ from prunelab.train import TrainConfig, train
 def groups_of(weight: torch.Tensor, m: int) -> torch.Tensor:
     """Groups as sparse tensor cores read them: a convolution's input channels at each
     kernel position ([out, kh, kw, in]), a linear layer's inputs."""
-    if weight.dim() == 4:
-        weight = weight.permute(0, 2, 3, 1)
+    if weight.dim() > 2:
+        weight = weight.movedim(1, -1)
     return weight.reshape(weight.shape[0], -1, m)
 
 
@@ -51,6 +51,25 @@ def test_every_group_of_m_keeps_exactly_n_weights(criterion, n, m):
         assert ((groups_of(weight, m) != 0).sum(-1) == n).all(), (name, criterion)
         assert torch.equal(masks[f"{name}.weight"], weight != 0)
     assert (model[7].weight != 0).all()
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "wanda", "obs", "obc"])
+def test_a_1d_convolution_keeps_n_of_every_m_input_channels_at_each_kernel_place(criterion):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv1d(8, 8, 3),
+                          nn.Flatten(), nn.Linear(8 * 14, 3))  # fmt: skip
+    x, y = torch.randn(32, 4, 16), torch.randint(0, 3, (32,))
+    prune(model, f"weight:{criterion}@2:4", 0.5, batches=[(x, y)])
+    for layer in (model[0], model[2]):
+        assert ((groups_of(layer.weight, 4) != 0).sum(-1) == 2).all(), criterion
+
+
+def test_a_layer_that_m_does_not_divide_is_named_with_the_way_out():
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 16),
+                          nn.ReLU(), nn.Linear(16, 3))  # fmt: skip
+    with pytest.raises(ValueError, match=r"layer '0' has 1 input channels.*--ignore 0"):
+        prune(model, "weight@2:4", 0.5)
+    prune(model, "weight@2:4", 0.5, ignore=["0"])  # the way out works
 
 
 def test_wanda_scores_are_magnitude_times_the_norm_of_each_input():
@@ -114,6 +133,16 @@ def test_a_study_of_2_4_methods_reports_them(tiny_data_dir, tmp_path):
     assert "2 of every 4 consecutive weights" in (tmp_path / "report.md").read_text()
 
 
+def test_a_study_with_a_layer_that_m_does_not_divide_is_refused_before_training(
+    tiny_data_dir, tmp_path
+):
+    config = StudyConfig(model=ModelConfig("lenet5"), val_size=100, ks=(0.5,),
+                         train=TrainConfig(epochs=1), methods=("weight@2:4",))  # fmt: skip
+    with pytest.raises(ValueError, match=r"1 input channels, not a multiple of 4.*--ignore"):
+        run_study(config, RunOptions(out=tmp_path, data_dir=tiny_data_dir, device="cpu"))
+    assert not list(tmp_path.rglob("*.safetensors"))  # nothing was trained
+
+
 @pytest.mark.parametrize("n, m", [(2, 4), (3, 5), (4, 8)])
 def test_n_m_weights_export_compressed_and_load_back_exactly(tmp_path, n, m):
     torch.manual_seed(2)
@@ -155,7 +184,7 @@ def test_pattern_mistakes_of_a_study_or_a_schedule_are_said_before_training(tmp_
     with pytest.raises(ValueError, match="2:4 pruning is one-shot: it cannot start from earlier"):
         prune(model, "weight@2:4", 0.5, pruned=earlier)
     grouped = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.Flatten(), nn.Linear(8 * 36, 2))
-    with pytest.raises(ValueError, match="8 groups .* cannot score it; leave it out with --ignore"):
+    with pytest.raises(ValueError, match=r"layer '0' \(8 groups.* leave it out \(--ignore 0"):
         prune(grouped, "weight:wanda", 0.5, batches=[(torch.randn(4, 8, 8, 8), None)])
 
 

@@ -113,6 +113,12 @@ def test_what_cannot_run_2to4_is_said_clearly():
         SemiStructuredLinear(dense[0], CutlassOnCpu)
     with pytest.raises(ValueError, match="not torch.float32"):
         SemiStructuredLinear(pruned_2to4(8, 4)[0], CutlassOnCpu)  # 1:2 sparse kernels
+    with pytest.raises(ValueError, match="sparse layer '0', layer '2' are torch.float32; .*half"):
+        to_semi_structured(pruned_2to4(8, 4, 4), CutlassOnCpu)
+    convolutions = nn.Sequential(nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(16, 2))
+    prune(convolutions, "weight@2:4", 0.5, example_inputs=torch.randn(1, 4, 2, 2))
+    with pytest.raises(ValueError, match="only nn.Linear layers are converted"):
+        to_semi_structured(convolutions.half(), CutlassOnCpu)
     if not torch.cuda.is_available():  # torch's own classes refuse CPU tensors
         with pytest.raises(ValueError, match="CUDA GPUs"):
             to_semi_structured(pruned_2to4(64, 32).half())

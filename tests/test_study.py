@@ -161,3 +161,29 @@ def test_device_names_are_checked():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+class NormalizedResidual(torch.nn.Module):
+    """Its one hidden group runs through a LayerNorm: no unit can be masked away."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = (torch.nn.Linear(8, 8), torch.nn.LayerNorm(8),
+                                         torch.nn.Linear(8, 3))  # fmt: skip
+
+    def forward(self, x):
+        return self.fc2(self.norm(self.fc1(x)).relu() + x)
+
+
+def test_a_model_without_groups_of_units_is_pruned_and_measured_by_weights():
+    """Weight methods run on it (a study measures 0 units removed); unit methods are
+    refused before anything trains."""
+    from prunelab.prune import check_fits
+    from prunelab.study import _Measured
+
+    model, example = NormalizedResidual(), torch.randn(2, 8)
+    check_fits(model, ["weight:obc", "weight@2:4"], example_inputs=example)
+    with pytest.raises(ValueError, match="no group of units to prune"):
+        check_fits(model, ["weight", "unit"], example_inputs=example)
+    measured = _Measured.of(model, example, StudyConfig())
+    assert measured.names == ("fc1",) and measured.units_removed(model) == 0.0

@@ -19,6 +19,7 @@ from prunelab.factories import is_factory
 from prunelab.loggers import Loggers
 from prunelab.models import ModelConfig, build_model, evaluating, first_tensor
 from prunelab.paths import RunPaths
+from prunelab.prune import check_fits
 from prunelab.results import renamed
 from prunelab.schedules import SCHEDULES
 from prunelab.storage import atomic_write_text, load_state_dict, save_state_dict
@@ -150,6 +151,9 @@ def _base_model(
     base_id = config.base_id()
     model = build_model(fitted(config, data), seed=config.seed).to(device)
     check_takes(model, data)
+    check_fits(model, config.methods, example_inputs=data.train.head(2),
+               include_last=config.prune_last, ignore=config.ignore,
+               include=config.include or None)  # fmt: skip
     weights, record = paths.base_model(base_id), paths.base_record(base_id)
     rewinding = rewinds(config)
     rewind_path = paths.rewind_model(base_id, config.schedule.rewind_steps)

@@ -28,13 +28,14 @@ def csr_linear(
     view of it is returned, which the next sparse layer reads without a copy; without,
     a contiguous copy, as ``nn.Linear`` returns.
     """
-    if x.shape[0] == 1 and x.dim() == 2:  # one sample: the case where every call counts
+    width = weight.shape[1]  # other widths fall through to the check, at one row too
+    if x.shape[0] == 1 and x.dim() == 2 and x.shape[1] == width:  # one sample: every call counts
         return torch.addmv(bias, weight, x.view(-1)).view(1, -1)
-    if x.numel() == x.shape[-1]:  # one row in another shape
+    if x.numel() == x.shape[-1] == width:  # one row in another shape
         return torch.addmv(bias, weight, x.reshape(-1)).view(*x.shape[:-1], -1)
-    if x.shape[-1] != weight.shape[1] or x.dtype != values.dtype:  # the bag would not say
+    if x.shape[-1] != width or x.dtype != values.dtype:  # the bag would not say
         raise ValueError(
-            f"a linear layer of {weight.shape[1]} {values.dtype} inputs was given "
+            f"a linear layer of {width} {values.dtype} inputs was given "
             f"{x.shape[-1]} {x.dtype} ones (shape {tuple(x.shape)})"
         )
     rows = x.reshape(-1, x.shape[-1])
@@ -98,10 +99,15 @@ def to_csr(
 
     With ``inline``, where ``torch.fx`` can trace the network, the copy is a traced graph
     that calls the layers' functions directly (``prunelab.inline``; its outputs checked
-    against the copy's modules on ``example`` where one is given): at batch 1 a
-    99%-sparse layer's product takes a few microseconds, about what calling a module
-    costs. Without, or where it cannot be traced, the layers are ``CSRLinear`` modules.
+    against the copy's modules on ``example`` where one is given, an input they must
+    run): at batch 1 a 99%-sparse layer's product takes a few microseconds, about what
+    calling a module costs. Without, or where it cannot be traced, the layers are
+    ``CSRLinear`` modules.
     """
+    if not 0 <= max_density <= 1:  # outside, every layer or none would convert, silently
+        raise ValueError(
+            f"max_density: a fraction of nonzero weights from 0 to 1, not {max_density}"
+        )
     if example is not None and not isinstance(example, torch.Tensor):
         raise TypeError(f"example: a tensor, the network's one input, not {type(example)}")
     try:

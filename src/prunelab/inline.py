@@ -55,10 +55,12 @@ def inline_calls(
     It is returned as it is where tracing could change what it computes: a forward of
     more than one input (optional ones would be fixed at their defaults), Python
     control flow on tensor values (``torch.fx`` cannot trace it), or, given an
-    ``example`` input, outputs that differ from the model's. Modules with hooks stay
-    modules, so that their hooks run.
+    ``example`` input, outputs that differ from the model's. An example the model
+    itself cannot run is a ValueError. Modules with hooks stay modules, so that their
+    hooks run.
     """
     model.eval()
+    expected = _outputs(model, example) if example is not None else None
     if not _one_input(model):
         return model
     rules = {**RULES, **(rules or {})}
@@ -88,7 +90,7 @@ def inline_calls(
     traced.delete_all_unused_submodules()
     traced.recompile()
     traced.eval()
-    if example is not None and not _same_outputs(model, traced, example):
+    if example is not None and not _same_outputs(traced, example, expected):
         return model
     return traced
 
@@ -103,10 +105,23 @@ def has_hooks(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
-def _same_outputs(model: nn.Module, traced: nn.Module, example: torch.Tensor) -> bool:
+def _outputs(model: nn.Module, example: torch.Tensor) -> Any:
+    """``model``'s outputs on ``example``, which it must run: else the graph's outputs
+    would be compared with nothing, and the model returned untraced without a word."""
     with torch.inference_mode():
-        try:
-            torch.testing.assert_close(traced(example), model(example))
+        try:  # nn.Module's call: a graph module's own prints the traceback of its errors
+            return nn.Module.__call__(model, example)
+        except Exception as err:
+            error = " ".join(f"{type(err).__name__}: {err}".split())  # one line
+            raise ValueError(
+                f"example: does not run through the model ({error}); give an input it takes"
+            ) from err
+
+
+def _same_outputs(traced: fx.GraphModule, example: torch.Tensor, expected: Any) -> bool:
+    with torch.inference_mode():
+        try:  # nn.Module's call, as in _outputs: no traceback printed
+            torch.testing.assert_close(nn.Module.__call__(traced, example), expected)
         except Exception:  # a failed comparison, or a graph that cannot run the example
             return False
     return True

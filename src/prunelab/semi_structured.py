@@ -89,19 +89,25 @@ def to_semi_structured(model: nn.Module, kind: type | None = None) -> nn.Module:
     other layers, subclasses of ``nn.Linear`` and layers with hooks stay as they are.
     ``kind`` is torch's tensor class to use (default: ``backend``'s for the model's GPU).
     """
-    chosen = [name for name, m in model.named_modules()
-              if type(m) is nn.Linear and not has_hooks(m)
-              and m.weight.dtype in DTYPES and is_2to4(m.weight)]  # fmt: skip
+    linear = {name: m for name, m in model.named_modules()
+              if type(m) is nn.Linear and not has_hooks(m) and is_2to4(m.weight)}  # fmt: skip
+    chosen = [name for name, m in linear.items() if m.weight.dtype in DTYPES]
+    if not chosen and linear:
+        dtypes = sorted({str(m.weight.dtype) for m in linear.values()})
+        raise ValueError(f"the 2:4 sparse {', '.join(map(_named, linear))} are "
+                         f"{', '.join(dtypes)}; 2:4 kernels take float16 or bfloat16 on CUDA "
+                         "GPUs: model.half().cuda()")  # fmt: skip
     if not chosen:
-        raise ValueError("no nn.Linear layer of the model is 2:4 sparse in float16 or bfloat16: "
-                         "prune with weight:CRITERION@2:4 and call model.half()")  # fmt: skip
+        raise ValueError("no nn.Linear layer of the model is 2:4 sparse (torch's 2:4 kernels "
+                         "are matrix products: only nn.Linear layers are converted); prune "
+                         "with weight:CRITERION@2:4")  # fmt: skip
     kind = kind or backend(model.get_submodule(chosen[0]).weight.device)
     sparse = copy.deepcopy(model).eval()
     for name in chosen:
         try:
             layer = SemiStructuredLinear(sparse.get_submodule(name), kind)
         except RuntimeError as err:  # torch's: not on a GPU, or one without sparse cores
-            raise ValueError(f"layer {name!r} cannot run 2:4 sparse ({err}); the kernels run "
+            raise ValueError(f"{_named(name)} cannot run 2:4 sparse ({err}); the kernels run "
                              "on CUDA GPUs of compute capability 8.0 and newer: "
                              "model.half().cuda()") from err  # fmt: skip
         if not name:
@@ -109,6 +115,10 @@ def to_semi_structured(model: nn.Module, kind: type | None = None) -> nn.Module:
         parent, _, child = name.rpartition(".")
         setattr(sparse.get_submodule(parent), child, layer)
     return sparse.eval()
+
+
+def _named(name: str) -> str:
+    return f"layer {name!r}" if name else "the model"
 
 
 def _whole(size: int, tile: int) -> int:

@@ -48,7 +48,7 @@ from prunelab.models import ModelConfig, build_model, is_chain, prunable_layers
 from prunelab.paths import RunPaths
 from prunelab.provenance import environment
 from prunelab.prune import PruneMethod
-from prunelab.prune.groups import Graph, dead
+from prunelab.prune.groups import Graph, NoGroupError, dead
 from prunelab.prune.method import file_safe
 from prunelab.results import (
     EPOCH_COLUMNS,
@@ -312,7 +312,11 @@ class _Measured:
         graph = Graph(model, example.to(next(model.parameters()).device))
         outputs = () if config.prune_last else graph.output_layers()
         names = tuple(name for name in graph.layers() if name not in outputs)
-        return cls(names, graph.groups(config.ignore, config.include or None, config.prune_last))
+        try:
+            groups = graph.groups(config.ignore, config.include or None, config.prune_last)
+        except NoGroupError:  # a model pruned by weights only (LayerNorm everywhere, say)
+            groups = []
+        return cls(names, groups)
 
     def layers(self, model: nn.Module) -> dict[str, nn.Module]:
         return {name: model.get_submodule(name) for name in self.names}
@@ -322,6 +326,8 @@ class _Measured:
         unit pruning counts them."""
         if self.groups is None:
             return units_removed(self.layers(model))
+        if not self.groups:
+            return 0.0
         removed = sum(int(dead(model, g).sum()) for g in self.groups)
         return removed / sum(g.size for g in self.groups)
 

@@ -88,6 +88,26 @@ def prune(
     return masks
 
 
+def check_fits(
+    model: nn.Module, methods: Sequence[PruneMethod | str], *, example_inputs=None,
+    include_last: bool = False, ignore: Sequence[str] = (), include: Sequence[str] | None = None,
+) -> None:  # fmt: skip
+    """Raise the ValueError that ``prune`` by any of ``methods`` would raise of the model's
+    structure, without pruning: a layer whose inputs an N:M pattern does not divide, or
+    units where the model has no group to remove. A study checks so before it trains."""
+    graph = _traced(model, example_inputs, None)
+    _check_patterns(model, ignore, include)
+    for method in methods:
+        method = PruneMethod.parse(method) if isinstance(method, str) else method
+        if graph is not None and method.structure == "unit":
+            graph.groups(ignore, include, include_last)
+            continue
+        layers = _layers(model, graph, include_last, ignore, include)
+        if method.pattern is not None:
+            for name, layer in layers.items():
+                method.pattern.columns(layer.weight.shape, name)
+
+
 def _traced(model: nn.Module, example_inputs, batches) -> Graph | None:
     """The model's trace, unless it is a plain chain (where definition order is the order
     of computation and a unit is a row): from ``example_inputs``, else from a
@@ -228,4 +248,4 @@ def _pruned_first(scores: dict, pruned: Masks, structure: str) -> dict:
     return ranked
 
 
-__all__ = ["Masks", "PruneMethod", "check_k", "prune"]
+__all__ = ["Masks", "PruneMethod", "check_fits", "check_k", "prune"]

@@ -27,6 +27,8 @@ from torch import nn
 from prunelab.models import evaluating, first_tensor
 from prunelab.tasks import Task, task_of
 
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d)  # the layers whose inputs are read as patches
+
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -55,20 +57,38 @@ class _Recorder:
             handle.remove()
 
 
+def check_readable(layers: dict[str, nn.Module]) -> None:
+    """Each layer reads its input as the rows of one matrix product (``_patches``), or a
+    ValueError names the one that does not: the criteria that read inputs per weight
+    cannot score a grouped convolution, or one that pads otherwise than with zeros."""
+    for name, layer in layers.items():
+        if not isinstance(layer, CONVOLUTIONS):
+            continue
+        padding = layer.padding if isinstance(layer.padding, str) else layer.padding_mode
+        if layer.groups != 1 or padding != "zeros":
+            raise ValueError(f"layer {name!r} ({layer.groups} groups, {padding} padding) reads "
+                             "its inputs otherwise than one matrix product: the criteria that "
+                             "read inputs per weight (obd, fisher, wanda, obs, obc) cannot "
+                             f"score it; leave it out (--ignore {name}, or "
+                             f"ignore=[{name!r}])")  # fmt: skip
+
+
 def _patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as rows that its weight (flattened to 2-D) multiplies.
 
     Linear: [N, ..., in] -> [N, L, in], one row per token or position (L = 1 for [N, in]).
     Conv2d: [N, C, H, W] -> [N, L, C*kh*kw], one row per output position, in the order of
-    ``weight.flatten(1)``.
+    ``weight.flatten(1)``; Conv1d as a Conv2d of height 1.
     """
-    if isinstance(layer, nn.Conv2d):
-        if layer.groups != 1 or layer.padding_mode != "zeros":
-            raise ValueError(f"a convolution with {layer.groups} groups and {layer.padding_mode} "
-                             "padding reads its inputs otherwise than one matrix product: the "
-                             "criteria that read inputs per weight (obd, fisher, wanda, obs, obc) "
-                             "cannot score it; leave it out with --ignore")  # fmt: skip
-        cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+    if isinstance(layer, CONVOLUTIONS):
+        if isinstance(layer, nn.Conv1d):  # as a Conv2d of height 1
+            x, padding = x.unsqueeze(2), (0, *layer.padding)
+            kernel, dilation, stride = ((1, *v) for v in (layer.kernel_size, layer.dilation,
+                                                          layer.stride))  # fmt: skip
+        else:
+            kernel, dilation, padding, stride = (layer.kernel_size, layer.dilation,
+                                                 layer.padding, layer.stride)  # fmt: skip
+        cols = F.unfold(x, kernel, dilation, padding, stride)
         return cols.transpose(1, 2)
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
@@ -82,7 +102,7 @@ def _accumulate_squared_sample_grads(
     ``delta`` is the gradient with respect to the layer's output for each sample.
     """
     patches = _patches(layer, x)  # [N, L, fan_in]
-    if isinstance(layer, nn.Conv2d):
+    if isinstance(layer, CONVOLUTIONS):
         d = delta.reshape(delta.shape[0], delta.shape[1], -1).transpose(1, 2)  # [N, L, out]
     else:  # a linear layer's outputs, per sample and token: [N, L, out]
         d = delta.reshape(delta.shape[0], -1, delta.shape[-1])
@@ -113,6 +133,7 @@ def _mean_squared_sample_grads(
 ) -> dict[str, dict[str, torch.Tensor]]:
     """mean_n sum_v (per-sample gradient of v . logits_n)^2 for each parameter of ``layers``,
     with the vectors v of each batch given by ``output_grads(logits, labels)``."""
+    check_readable(layers)
     acc, n = _empty(layers), 0
     names = list(layers)
     with evaluating(model):
@@ -227,6 +248,7 @@ def input_norms(
 ) -> dict[str, torch.Tensor]:
     """Per layer, the L2 norm of each input its flattened weight multiplies, over every
     calibration sample and position: ``[fan_in]`` (Wanda's ||X_j||), in one pass."""
+    check_readable(layers)
     sums = {
         name: torch.zeros(layer.weight[0].numel(), dtype=torch.float64, device=layer.weight.device)
         for name, layer in layers.items()
@@ -242,6 +264,7 @@ def input_norms(
 @torch.no_grad()
 def layer_inputs(model: nn.Module, layer: nn.Module, batches: Batches) -> torch.Tensor:
     """The rows a layer's weight multiplies, over all calibration batches: [M, fan_in]."""
+    check_readable({n: m for n, m in model.named_modules() if m is layer})
     rows = []
     with evaluating(model):
         with _Recorder({"layer": layer}) as rec:

@@ -36,6 +36,12 @@ from prunelab.prune.masks import Masks
 from prunelab.prune.transposed import TransposedLinearPruner, transposed_linears
 
 PRUNABLE = (nn.Linear, nn.Conv2d, nn.Conv1d)
+
+
+class NoGroupError(ValueError):
+    """A model has no group of units that masking can remove."""
+
+
 # Normalizations whose statistics are taken across channels: masking a channel to zero is
 # not removing it (the mean and variance still count it), so their groups are left alone.
 SHARED_STATISTICS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
@@ -191,7 +197,7 @@ class Graph:
             groups.append(self._group(name, tp_group))
         groups += heads
         if not groups:
-            raise ValueError(
+            raise NoGroupError(
                 f"{type(self.model).__name__} has no group of units to prune"
                 + (f" matching {list(include)}" if include is not None else "")
                 + (f" outside {list(ignore)}" if ignore else "")

@@ -1,8 +1,9 @@
 """N:M sparsity: in every group of M consecutive inputs of a weight row, N weights are
 kept, the pattern that sparse tensor cores run (2:4). Groups run along a Linear's
 inputs, and along a convolution's input channels at each kernel position (the
-weight laid out as [out, kh, kw, in], as NVIDIA's tools lay it), so M must divide the
-in-features or in-channels. A scope such as ``2:4`` names it; k is then 1 - N/M.
+weight laid out as [out, kh, kw, in], as NVIDIA's tools lay it; [out, k, in] in 1-D),
+so M must divide the in-features or in-channels. A scope such as ``2:4`` names it; k is
+then 1 - N/M.
 """
 
 from __future__ import annotations
@@ -59,11 +60,12 @@ class NM:
         where M does not divide the inputs the groups run along."""
         inputs = shape[1]
         if inputs % self.m:
-            kind = "input channels" if len(shape) == 4 else "inputs"
+            kind = "input channels" if len(shape) > 2 else "inputs"
             raise ValueError(f"layer {name!r} has {inputs} {kind}, not a multiple of {self.m}: "
-                             f"it cannot be pruned {self}")  # fmt: skip
-        if len(shape) == 4:  # [out, in, kh, kw] read as [out, kh, kw, in]
-            return torch.arange(math.prod(shape[1:])).view(shape[1:]).permute(1, 2, 0).flatten()
+                             f"it cannot be pruned {self}; leave it out (--ignore {name}, "
+                             f"or ignore=[{name!r}])")  # fmt: skip
+        if len(shape) > 2:  # a convolution's [out, in, *kernel] read as [out, *kernel, in]
+            return torch.arange(math.prod(shape[1:])).view(shape[1:]).movedim(0, -1).flatten()
         return torch.arange(math.prod(shape[1:]))
 
     def grouped(self, rows: torch.Tensor, shape, name: str = "") -> torch.Tensor:
