@@ -11,6 +11,12 @@ from prunelab import bitpack, export
 from prunelab.export import ExportError, dense_bytes, load_sparse, save_sparse
 from prunelab.models import ModelConfig, build_model
 from prunelab.prune import PruneMethod, prune
+from prunelab.prune.nm import NM
+from prunelab.study import run_study
+from prunelab.study_config import RunOptions, StudyConfig
+from prunelab.train import TrainConfig
+
+HAS_ONNX = importlib.util.find_spec("onnxruntime") is not None
 
 
 @pytest.mark.parametrize("name", ["mlp", "lenet5"])
@@ -203,3 +209,82 @@ def test_onnx_export_of_a_compacted_cnn_runs_in_onnxruntime_with_any_batch(tmp_p
         torch.testing.assert_close(
             OnnxModel(tmp_path / "m.onnx")(x), small(x), atol=1e-5, rtol=1e-5
         )
+
+
+@pytest.fixture(scope="module")
+def unit_run(tiny_data_dir, tmp_path_factory) -> Path:
+    """A finished study of one small cell: unit pruning at k = 0.5."""
+    out = tmp_path_factory.mktemp("export") / "run"
+    config = StudyConfig(val_size=100, model=ModelConfig(hidden=(32,)), methods=("unit",),
+                         ks=(0.5,), train=TrainConfig(epochs=1),
+                         finetune=TrainConfig(epochs=1))  # fmt: skip
+    run_study(config, RunOptions(out=out, data_dir=tiny_data_dir, device="cpu"))
+    return out
+
+
+@pytest.mark.skipif(not HAS_ONNX, reason="the onnx extra is not installed")
+def test_onnx_export_at_float16_stores_float16_weights_and_computes_in_float32(
+    unit_run, tiny_data_dir, tmp_path
+):
+    import onnx
+
+    from prunelab.onnx_format import OnnxModel, save_onnx
+
+    full, half = (export.export_cell(unit_run, "unit", 0.5, "onnx", tmp_path / f"{name}.onnx",
+                                     dtype=dtype, data_dir=tiny_data_dir)
+                  for name, dtype in (("f", torch.float32), ("h", torch.float16)))  # fmt: skip
+    assert half.bytes < 0.7 * full.bytes
+    assert abs(half.test_metric - full.test_metric) < 0.02
+    weights = [t for t in onnx.load(half.path).graph.initializer if len(t.dims) == 2]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    x = torch.rand(5, 1, 28, 28)
+    y = OnnxModel(half.path)(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, OnnxModel(full.path)(x), atol=1e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match="float32 or float16, not torch.bfloat16"):
+        save_onnx(torch.nn.Linear(2, 2), tmp_path / "b.onnx", x, dtype=torch.bfloat16)
+
+
+def test_a_k_just_off_the_runs_is_said_with_all_its_digits(unit_run, tmp_path):
+    with pytest.raises(ValueError, match=r"k=0\.5000001 is not in this run; it has 0\.5$"):
+        export.export_cell(unit_run, "unit", 0.5000001, "sparse", tmp_path / "x.st")
+
+
+def _two_of_four(seed: int = 0) -> torch.nn.Sequential:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    prune(model, "weight@2:4", 0.5)
+    return model
+
+
+def test_save_sparse_takes_an_n_m_pattern_as_a_string(tmp_path):
+    model = _two_of_four()
+    save_sparse(model, None, tmp_path / "s.st", pattern="2:4")
+    save_sparse(model, None, tmp_path / "p.st", pattern=NM(2, 4))
+    given, parsed = (safetensors.torch.load_file(tmp_path / n) for n in ("s.st", "p.st"))
+    assert "0.weight.nm_places" in given and given.keys() == parsed.keys()
+    assert all(torch.equal(given[name], parsed[name]) for name in given)
+    with pytest.raises(ValueError, match="'2x4' is not an N:M pattern such as '2:4'"):
+        save_sparse(model, None, tmp_path / "x.st", pattern="2x4")
+    with pytest.raises(TypeError, match="an NM or a string such as '2:4', not tuple"):
+        save_sparse(model, None, tmp_path / "x.st", pattern=(2, 4))
+
+
+def test_a_codebook_keeps_the_n_m_format_and_shares_its_values(tmp_path):
+    model = _two_of_four()
+    both = save_sparse(model, None, tmp_path / "b.st", codebook_bits=4, pattern="2:4")
+    shared = save_sparse(model, None, tmp_path / "c.st", codebook_bits=4)
+    assert both < shared < save_sparse(model, None, tmp_path / "n.st", pattern="2:4")
+    stored = safetensors.torch.load_file(tmp_path / "b.st")
+    assert {"0.weight.nm_codes", "0.weight.nm_places", "0.weight.codebook"} <= set(stored)
+    assert "0.weight.gaps" not in stored and "0.weight.nm_values" not in stored
+    codes = 32 * 64 // 2  # 2 of every 4 weights, 4 bits each
+    assert stored["0.weight.nm_codes"].numel() == codes * 4 // 8
+    loaded, _ = load_sparse(tmp_path / "b.st", into=_two_of_four(seed=1))
+    csr, _ = load_sparse(tmp_path / "c.st", into=_two_of_four(seed=1))
+    for name, before in model.state_dict().items():
+        after = loaded.state_dict()[name]
+        if before.dim() == 2:
+            assert torch.equal(after != 0, before != 0), name
+            assert len(after[after != 0].unique()) <= 15
+        torch.testing.assert_close(after, csr.state_dict()[name])

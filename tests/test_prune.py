@@ -81,7 +81,7 @@ def test_masks_survive_adam_training(method):
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
-        hold(model)
+        hold()  # as the README calls it
     params = dict(model.named_parameters())
     for name, mask in masks.items():
         assert (params[name][~mask] == 0).all()

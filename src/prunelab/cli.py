@@ -153,7 +153,8 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", dest="form", default="sparse", choices=EXPORT_FORMS,
                    help="sparse (default), compact or onnx")  # fmt: skip
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
-                   help="how values are stored (default: float32)")  # fmt: skip
+                   help="how values are stored (default: float32); onnx at float16 "
+                        "stores its weights as float16 and still computes in float32")  # fmt: skip
     p.add_argument("--codebook", type=int, metavar="BITS",
                    help="sparse only: share each layer's values through a k-means codebook "
                         "of 2**BITS - 1 values (1 to 8), as in Deep Compression")  # fmt: skip

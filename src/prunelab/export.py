@@ -12,7 +12,8 @@ or edited file is refused rather than loaded with wrong weights.
 ``EXPORT_FORMS`` and checks what it wrote.
 
 A weight pruned N:M (a scope such as ``2:4``) is stored as its N values per group
-and their bit-packed places (``nm_format``) instead of CSR.
+and their bit-packed places (``nm_format``) instead of CSR; with a codebook, the
+values as bit-packed codes into the layer's codebook (not entropy coded).
 
 The three stages of Deep Compression (Han, Mao and Dally 2016), each optional:
 pruning is the study's; weight sharing (``codebook_bits``) stores each sparse
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -97,7 +99,7 @@ def save_sparse(
     dtype: torch.dtype = torch.float32,
     sparse: bool = True,
     codebook_bits: int | None = None,
-    pattern: NM | None = None,
+    pattern: NM | str | None = None,
     entropy: str | None = None,
 ) -> int:
     """Write ``model``'s state dict (every tensor, keyed as the model keys it) keeping
@@ -106,7 +108,8 @@ def save_sparse(
 
     With ``sparse=False`` every tensor is stored whole (for compacted models).
     With ``codebook_bits`` the sparse weights' values share a per-layer codebook.
-    With an N:M ``pattern``, the weights that follow it are stored N:M (``nm_format``).
+    With an N:M ``pattern`` (an ``NM`` or a string such as ``"2:4"``), the weights that
+    follow it are stored N:M (``nm_format``), their values shared too with a codebook.
     With ``entropy`` (one of ``ENTROPY_CODERS``) the CSR weights' gaps and codes are
     entropy coded (``entropy_format``).
     """
@@ -118,14 +121,19 @@ def save_sparse(
         check_choice("entropy coder", entropy, ENTROPY_CODERS)
         if not sparse:
             raise ValueError("entropy coding needs sparse storage")
+    pattern = _pattern(pattern)
     tensors, layout, nm, coded = {}, {}, {}, {}
     for name, param in model.state_dict().items():
         weight = sparse and name.endswith("weight") and param.dim() >= 2
-        compress = weight and pattern is not None and codebook_bits is None
-        encoded = nm_format.encode(param, pattern) if compress else None
+        encoded = nm_format.encode(param, pattern) if weight and pattern is not None else None
         if encoded is not None:
-            tensors[f"{name}.nm_values"], tensors[f"{name}.nm_places"] = encoded
-            tensors[f"{name}.nm_values"] = tensors[f"{name}.nm_values"].to(dtype)
+            values, tensors[f"{name}.nm_places"] = encoded
+            if codebook_bits is None:
+                tensors[f"{name}.nm_values"] = values.to(dtype)
+            else:
+                codebook, codes = share_values(values.reshape(-1).numpy(), codebook_bits)
+                tensors[f"{name}.codebook"] = torch.from_numpy(codebook).to(dtype)
+                tensors[f"{name}.nm_codes"] = torch.from_numpy(bitpack.pack(codes, codebook_bits))
             nm[name] = [list(param.shape), pattern.n, pattern.m]
         elif weight:
             coded[name] = _store_weight(tensors, name, param, dtype, codebook_bits, entropy)
@@ -147,6 +155,18 @@ def save_sparse(
     blob = save(tensors, metadata=metadata)
     atomic_write_bytes(path, blob)
     return len(blob)
+
+
+def _pattern(pattern: NM | str | None) -> NM | None:
+    """``save_sparse``'s pattern as an NM: a string such as ``"2:4"`` parsed."""
+    if pattern is None or isinstance(pattern, NM):
+        return pattern
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern is an NM or a string such as '2:4', not {type(pattern).__name__}")
+    parsed = NM.parse(pattern)
+    if parsed is None:
+        raise ValueError(f"pattern {pattern!r} is not an N:M pattern such as '2:4'")
+    return parsed
 
 
 def _shared_values(codebook: torch.Tensor, codes: np.ndarray, name: str) -> torch.Tensor:
@@ -182,6 +202,19 @@ def _load_weight(
     return csr_format.decode(values.numpy(), gaps, counts, rows).view(shape)
 
 
+def _nm_values(tensors: dict, name: str, shape: list[int], pattern: NM, metadata: dict):
+    """An N:M weight's values [rows, groups, N]: stored, or read through its codebook."""
+    if f"{name}.codebook" not in tensors:
+        return tensors[f"{name}.nm_values"]
+    code_bits = int(metadata.get("code_bits") or 0)
+    if not code_bits:
+        raise ValueError(f"{name} has a codebook but the file gives no code_bits")
+    rows, groups = shape[0], math.prod(shape[1:]) // pattern.m
+    count = rows * groups * pattern.n
+    codes = bitpack.unpack(tensors[f"{name}.nm_codes"].numpy(), code_bits, count)
+    return _shared_values(tensors[f"{name}.codebook"], codes, name).view(rows, groups, pattern.n)
+
+
 def load_sparse(
     path: str | Path, into: nn.Module | None = None
 ) -> tuple[nn.Module, ModelConfig | None]:
@@ -213,12 +246,13 @@ def load_sparse(
         raise ExportError(f"{path}: its sparse weights cannot be read ({err})") from err
     try:
         for name, (shape, n, m) in json.loads(metadata.get("nm", "{}")).items():
-            values, places = tensors[f"{name}.nm_values"], tensors[f"{name}.nm_places"]
-            state[name] = nm_format.decode(values, places, shape, NM.parse(f"{n}:{m}"))
+            pattern = NM.parse(f"{n}:{m}")
+            values = _nm_values(tensors, name, shape, pattern, metadata)
+            state[name] = nm_format.decode(values, tensors[f"{name}.nm_places"], shape, pattern)
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as err:
         raise ExportError(f"{path}: its N:M weights cannot be read ({err})") from err
     stored = (".values", ".gaps", ".counts", ".codebook", ".codes", ".huffman", ".nm_values",
-              ".nm_places")  # fmt: skip
+              ".nm_places", ".nm_codes")  # fmt: skip
     for name, tensor in tensors.items():
         if not name.endswith(stored):
             state[name] = tensor.float() if tensor.is_floating_point() else tensor
@@ -261,10 +295,9 @@ def _finished_cell(paths: RunPaths, config: StudyConfig, method: str, k: float) 
     if wanted.name not in names:
         raise ValueError(f"method {wanted.name!r} is not in this run; it has {', '.join(names)}")
     stored_k = [x for x in config.ks if abs(x - k) < 1e-9]
-    if not stored_k:
-        raise ValueError(
-            f"k={k:g} is not in this run; it has {', '.join(f'{x:g}' for x in config.ks)}"
-        )
+    if not stored_k:  # every digit, so that a k just off the run's shows how it differs
+        raise ValueError(f"k={float(k)!r} is not in this run; it has "
+                         f"{', '.join(repr(float(x)) for x in config.ks)}")  # fmt: skip
     model_path = paths.cell_model(config.cell_id(wanted, stored_k[0]))
     if not model_path.exists():
         raise ValueError(f"{wanted.name} at k={k:g} has not finished; rerun the study to finish it")
@@ -322,7 +355,8 @@ def export_cell(
 
     ``form`` "sparse" keeps only non-zero weights; "compact" removes pruned units
     and stores a smaller dense model; "onnx" writes the compacted model as ONNX
-    (run by onnxruntime). The file is reloaded and evaluated on the test set, so
+    (run by onnxruntime; at float16 ``dtype`` its weights are stored as float16 and
+    computed in float32). The file is reloaded and evaluated on the test set, so
     the metric reported is that of what was written. ``codebook_bits`` shares
     the sparse form's values through a per-layer k-means codebook, whose centroids
     are first trained for ``codebook_epochs`` epochs (``quantize.train_codebooks``,
@@ -360,7 +394,7 @@ def export_cell(
         runner = written
     else:
         written = compact(model, data.test.head(2))
-        size = save_onnx(written, out, data.test.head(1))
+        size = save_onnx(written, out, data.test.head(1), dtype)
         runner = OnnxModel(out)
     metric = evaluate(runner, data.test, task=data.task).metric
     return Exported(Path(out), size, nonzero_parameters(written), metric, config.metric.name)

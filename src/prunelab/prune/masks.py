@@ -71,7 +71,8 @@ class Masks(Mapping[str, torch.Tensor]):
                 )
 
     def holder(self, model: nn.Module) -> Callable[[nn.Module], None]:
-        """An ``after_step`` callback that zeroes the pruned entries of ``model``.
+        """An ``after_step`` callback that zeroes the pruned entries of ``model``: call it
+        after every optimizer step, as ``hold()`` or, as ``train`` does, ``hold(model)``.
 
         The parameter/mask pairs are resolved once. Multiplying by a 0/1 mask of the
         parameter's dtype is about five times faster on CPU than ``masked_fill_``
@@ -86,7 +87,7 @@ class Masks(Mapping[str, torch.Tensor]):
         ]
 
         @torch.no_grad()
-        def hold(_model: nn.Module) -> None:
+        def hold(_model: nn.Module | None = None) -> None:
             for param, mask in pairs:
                 param.mul_(mask)
 
