@@ -1,6 +1,7 @@
-"""2:4 sparse inference on a CUDA GPU: forward-pass latency of models pruned 2:4 and
-converted by ``prunelab.to_semi_structured``, against the same dense models, both in
-float16 (or --dtype bfloat16).
+"""2:4 sparse inference on a CUDA GPU against dense, both in float16 (or bfloat16).
+
+Forward-pass latency of models pruned 2:4 and converted by
+``prunelab.to_semi_structured``, against the same dense models.
 
 Two shapes: the default study's MLP (784-1000-1000-500-200-10, its logits layer dense)
 and a transformer's feed-forward block (4096 -> 16384 -> 4096), where the products are

@@ -100,6 +100,8 @@ def test_configure_merges_a_recipe_with_settings():
     assert (both.train.batch_size, both.finetune.batch_size) == (64, 32)
     scoped = configure({"methods": ("weight", "unit@layer")}, Start(scope=("layer", "global")))
     assert scoped.methods == ("weight", "unit", "weight@global")
+    nm = configure({"methods": ("weight:wanda",), "ks": (0.5,)}, Start(scope=("2:4",)))
+    assert nm.methods == ("weight:wanda@2:4",)  # N:M, as in a method's name
 
 
 def test_from_values_splits_run_options_from_the_configuration():

@@ -109,7 +109,7 @@ def _scope_text(scope: str) -> str:
     if pattern is None:
         return SCOPE_TEXT[scope]
     return (f"{pattern.n} of every {pattern.m} consecutive weights along each row's inputs "
-            "are kept")  # fmt: skip
+            "(a convolution's input channels at each kernel position) are kept")  # fmt: skip
 
 
 def _describe_methods(config: StudyConfig) -> list[str]:

@@ -20,7 +20,7 @@ from prunelab.options import Setting, apply, check_choice, listing, settings_of
 from prunelab.paths import RunPaths
 from prunelab.prune import PruneMethod, check_k
 from prunelab.prune.criteria import CRITERIA
-from prunelab.prune.method import SCOPES, STRUCTURES
+from prunelab.prune.method import STRUCTURES
 from prunelab.schedules import Schedule
 from prunelab.tasks import TASKS, Metric
 from prunelab.train import TrainConfig
@@ -87,7 +87,7 @@ class StudyConfig:
         default=("weight", "unit"),
         metadata={"help": lambda: "comma-separated STRUCTURE[:CRITERION][@SCOPE]; structures: "
                   f"{', '.join(STRUCTURES)}; criteria: {', '.join(CRITERIA)}; a bare "
-                  "structure means magnitude"},
+                  "structure means magnitude; scopes as --scope (weight:wanda@2:4)"},
     )  # fmt: skip
     ks: tuple[float, ...] = field(
         default=DEFAULT_KS, metadata={"help": "comma-separated fractions to prune, each in [0, 1)"}
@@ -223,7 +223,8 @@ class Start:
         default=("layer",),
         metadata={"help": "comma-separated scopes for methods that name none (layer: every "
                   "prunable layer loses k; global: k of all weights or units, ranked together, "
-                  "every layer keeping at least one)", "choices": SCOPES},
+                  "every layer keeping at least one; N:M such as 2:4: N of every M consecutive "
+                  "weights, one-shot at k = 1 - N/M)"},
     )  # fmt: skip
 
 
