@@ -102,7 +102,9 @@ def to_csr(
     against the copy's modules on ``example`` where one is given, an input they must
     run): at batch 1 a 99%-sparse layer's product takes a few microseconds, about what
     calling a module costs. Without, or where it cannot be traced, the layers are
-    ``CSRLinear`` modules.
+    ``CSRLinear`` modules. The traced graph holds its tensors as plain attributes, not
+    parameters: it is a copy to run, saved whole (``torch.save``), not through a state
+    dict, and made for the dtype and device it was converted on.
     """
     if not 0 <= max_density <= 1:  # outside, every layer or none would convert, silently
         raise ValueError(
