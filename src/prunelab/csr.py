@@ -131,8 +131,7 @@ def to_csr(
         ):
             if not name:
                 return CSRLinear(module)
-            parent, _, child = name.rpartition(".")
-            setattr(sparse.get_submodule(parent), child, CSRLinear(module))
+            sparse.set_submodule(name, CSRLinear(module))
     if not inline:
         return sparse
     traced = inline_calls(sparse, {CSRLinear: lambda m: (csr_linear, m.parts())}, example)

@@ -112,8 +112,7 @@ def to_semi_structured(model: nn.Module, kind: type | None = None) -> nn.Module:
                              "model.half().cuda()") from err  # fmt: skip
         if not name:
             return layer.eval()
-        parent, _, child = name.rpartition(".")
-        setattr(sparse.get_submodule(parent), child, layer)
+        sparse.set_submodule(name, layer)
     return sparse.eval()
 
 

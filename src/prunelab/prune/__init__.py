@@ -97,12 +97,13 @@ def check_fits(
     units where the model has no group to remove. A study checks so before it trains."""
     graph = _traced(model, example_inputs, None)
     _check_patterns(model, ignore, include)
+    layers = None  # found once, for the first method that prunes layers
     for method in methods:
         method = PruneMethod.parse(method) if isinstance(method, str) else method
         if graph is not None and method.structure == "unit":
             graph.groups(ignore, include, include_last)
             continue
-        layers = _layers(model, graph, include_last, ignore, include)
+        layers = layers or _layers(model, graph, include_last, ignore, include)
         if method.pattern is not None:
             for name, layer in layers.items():
                 method.pattern.columns(layer.weight.shape, name)
